@@ -1,0 +1,71 @@
+/* The lifeline: children die with their parent process. See os.h. */
+#include "os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+static int fam_r = -1, fam_w = -1; /* this process's family pipe, made on first use */
+
+int mp__lifeline_prepare(int *child_fd)
+{
+    *child_fd = -1;
+    if (fam_w < 0) {
+        int fds[2];
+        if (mp__sys.pipe2(fds, O_CLOEXEC) < 0)
+            return -errno;
+        fam_r = fds[0];
+        fam_w = fds[1];
+    }
+    /* A description of the child's own: F_SETOWN is per description. */
+    char path[40];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fam_r);
+    int fd = mp__sys.open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0);
+    if (fd >= 0) {
+        *child_fd = fd;
+        return 0;
+    }
+    if (errno == ENOENT || errno == EACCES) /* no /proc: the child uses PDEATHSIG */
+        return 0;
+    return -errno;
+}
+
+int mp__lifeline_arm(int fd, pid_t parent)
+{
+    if (fd < 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+            return -errno;
+        if (getppid() != parent) /* the parent died before we armed */
+            _exit(128 + SIGKILL);
+        return 0;
+    }
+    struct f_owner_ex own = {.type = F_OWNER_PID, .pid = getpid()};
+    if (mp__sys.fcntl(fd, F_SETOWN_EX, (long)&own) < 0 ||
+        mp__sys.fcntl(fd, F_SETSIG, SIGKILL) < 0 ||
+        mp__sys.fcntl(fd, F_SETFL, O_RDONLY | O_NONBLOCK | O_ASYNC) < 0)
+        return -errno;
+    /* Armed from here on. If the parent had already gone, no signal will come:
+     * the hang-up is already there to see. */
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    if (poll(&pf, 1, 0) == 1 && (pf.revents & POLLHUP))
+        _exit(128 + SIGKILL);
+    return 0;
+}
+
+/* A child (of mp__fork or of a plain fork) must not hold its parent's write
+ * end, or the parent's children would outlive the parent. */
+static void atfork_child(void)
+{
+    mp__close(fam_r);
+    mp__close(fam_w);
+    fam_r = fam_w = -1;
+}
+
+__attribute__((constructor)) static void lifeline_init(void)
+{
+    pthread_atfork(NULL, NULL, atfork_child);
+}

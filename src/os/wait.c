@@ -1,0 +1,173 @@
+/*
+ * Interrupts and interruptible waits.
+ *
+ * mp_interrupt() must be async-signal-safe and must reach every blocked call
+ * of the process. It cannot take a lock, so the waits publish themselves in a
+ * fixed table of slots: a wait claims a slot (an atomic flag), then reads the
+ * interrupt generation, then sleeps on its fd plus the slot's eventfd. The
+ * interrupter bumps the generation, then writes to the eventfd of every
+ * claimed slot. Both sides use sequentially consistent atomics, so either the
+ * waiter sees the new generation before it sleeps, or the interrupter sees
+ * the claimed slot and wakes it (the Dekker pattern). A wait that finds no
+ * free slot sleeps in slices of MP__SLICE_MS and checks the generation
+ * between them, which still meets the 50 ms promise.
+ *
+ * "Consumed": an interrupt wakes every wait that began before it; the first
+ * call that begins after it, if none was waiting, returns MP_EINTR at once.
+ * `seen` records the last generation that was delivered.
+ */
+#include "os.h"
+
+#include "mproc.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MP__SLOTS 64
+#define MP__SLICE_MS 20
+
+struct slot {
+    atomic_int busy;
+    atomic_int efd; /* created on first use, kept; -1 before */
+};
+
+static atomic_uint gen;  /* bumped by every mp_interrupt */
+static atomic_uint seen; /* the last generation delivered */
+static struct slot slots[MP__SLOTS];
+
+static void wake_slot(struct slot *s)
+{
+    int fd = atomic_load(&s->efd);
+    if (fd >= 0) {
+        uint64_t one = 1;
+        ssize_t r = write(fd, &one, sizeof one);
+        (void)r; /* EAGAIN: the counter is already non-zero, the wake is there */
+    }
+}
+
+void mp_interrupt(void)
+{
+    int e = errno;
+    atomic_fetch_add(&gen, 1);
+    for (int i = 0; i < MP__SLOTS; i++)
+        if (atomic_load(&slots[i].busy))
+            wake_slot(&slots[i]);
+    errno = e;
+}
+
+static int claim_slot(void)
+{
+    for (int i = 0; i < MP__SLOTS; i++) {
+        int expect = 0;
+        if (atomic_load_explicit(&slots[i].busy, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_strong(&slots[i].busy, &expect, 1)) {
+            if (atomic_load(&slots[i].efd) < 0) {
+                int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                if (fd < 0) {
+                    atomic_store(&slots[i].busy, 0);
+                    return -1;
+                }
+                atomic_store(&slots[i].efd, fd);
+            }
+            return i;
+        }
+    }
+    return -1;
+}
+
+int mp__wait_begin(mp__waiter *w)
+{
+    w->slot = claim_slot(); /* claimed before the generation is read: see top */
+    unsigned g = atomic_load(&gen);
+    if (g != atomic_load(&seen)) {
+        atomic_store(&seen, g);
+        mp__wait_end(w);
+        return MP_EINTR;
+    }
+    w->gen = g;
+    return 0;
+}
+
+void mp__wait_end(mp__waiter *w)
+{
+    if (w->slot < 0)
+        return;
+    struct slot *s = &slots[w->slot];
+    uint64_t n;
+    ssize_t r = read(atomic_load(&s->efd), &n, sizeof n); /* drop our wake-ups */
+    (void)r;
+    atomic_store(&s->busy, 0);
+    w->slot = -1;
+}
+
+bool mp__wait_interrupted(mp__waiter *w)
+{
+    unsigned g = atomic_load(&gen);
+    if (g == w->gen)
+        return false;
+    atomic_store(&seen, g);
+    return true;
+}
+
+int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline)
+{
+    struct pollfd pf[2] = {
+        {.fd = fd, .events = POLLIN},
+        {.fd = w->slot >= 0 ? atomic_load(&slots[w->slot].efd) : -1, .events = POLLIN},
+    };
+    for (;;) {
+        if (mp__wait_interrupted(w))
+            return MP_EINTR;
+        int64_t now = mp__now_ns();
+        if (now >= deadline && deadline != MP__NEVER) {
+            /* one last look: a timeout of 0 still polls once */
+            struct pollfd once = {.fd = fd, .events = POLLIN};
+            int r = poll(&once, 1, 0);
+            return r > 0 ? 1 : (r < 0 && errno != EINTR ? -errno : MP_ETIMEDOUT);
+        }
+        int64_t left = deadline == MP__NEVER ? -1 : deadline - now;
+        struct timespec ts, *tsp = NULL;
+        if (w->slot < 0 && (left < 0 || left > MP__SLICE_MS * 1000000LL))
+            left = MP__SLICE_MS * 1000000LL;
+        if (left >= 0) {
+            ts.tv_sec = left / 1000000000;
+            ts.tv_nsec = left % 1000000000;
+            tsp = &ts;
+        }
+        int r = ppoll(pf, 2, tsp, NULL);
+        if (r < 0 && errno != EINTR)
+            return -errno;
+        if (r > 0 && (pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
+            return 1;
+        if (r > 0 && pf[1].revents) { /* an interrupt, or a stale wake: drop it */
+            uint64_t n;
+            ssize_t rr = read(pf[1].fd, &n, sizeof n);
+            (void)rr;
+        }
+    }
+}
+
+/* In the child of a fork, the slots' eventfds are the parent's objects. Drop
+ * them (closing is async-signal-safe) and start with no pending interrupt. */
+static void atfork_child(void)
+{
+    for (int i = 0; i < MP__SLOTS; i++) {
+        int fd = atomic_load(&slots[i].efd);
+        if (fd >= 0)
+            mp__close(fd);
+        atomic_store(&slots[i].efd, -1);
+        atomic_store(&slots[i].busy, 0);
+    }
+    atomic_store(&seen, atomic_load(&gen));
+}
+
+__attribute__((constructor)) static void wait_init(void)
+{
+    for (int i = 0; i < MP__SLOTS; i++)
+        atomic_store(&slots[i].efd, -1);
+    pthread_atfork(NULL, NULL, atfork_child);
+}

@@ -1,0 +1,561 @@
+/*
+ * Processes: multiprocessing.Process on fork.
+ *
+ * Start is a small protocol (libuv's and musl's posix_spawn's idea): the
+ * parent makes a close-on-exec handshake pipe, forks with every signal
+ * blocked, and waits until the child has armed its lifeline (os/lifeline.c)
+ * and written one int: 0 to say it is about to run the target, or -errno to
+ * say its setup failed, in which case the parent reaps it and start returns
+ * that error. The parent also watches the child's pidfd, so a child that
+ * dies before it writes cannot hang start.
+ *
+ * Every handle this process started stays in `g.handles` until it is freed,
+ * so that at a fork the child can close the pidfds it inherited, and at exit
+ * this process can terminate its daemons and join the rest. A handle freed
+ * while its child runs is "detached": the reaper thread (started on demand,
+ * gone when it has nothing to watch) reaps and frees it when the child ends.
+ *
+ * Lock rules: g.mu guards g.handles, g.counter, and the state, exitcode and
+ * detached fields of every handle; it is never held across a blocking call.
+ * g.start_mu serialises the fork section, so the descriptors one start
+ * creates for its child never leak into a sibling being forked at the same
+ * time. Order: start_mu, then mu.
+ */
+#include "mproc.h"
+
+#include "os/os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { P_NEW, P_STARTING, P_STARTED };
+
+#define DAEMON_GRACE_S 1.0 /* SIGTERM, then this long, then SIGKILL */
+
+struct mp_process {
+    mp_target fn;
+    void *arg;        /* what fn gets: the caller's pointer or arg_copy */
+    void *arg_copy;   /* owned, when opts->arg_size > 0 */
+    char *name;       /* owned */
+    char *ident;      /* owned: "3", or "1:3" in the child of Process-1 */
+    bool daemon;
+    int state;        /* P_*; mu */
+    bool detached;    /* freed while running: the reaper owns it; mu */
+    pid_t pid;
+    pid_t owner;      /* the process that started it */
+    int pidfd;        /* -1 before start, and in the child of a fork */
+    int exitcode;     /* MP_EXIT_NONE until reaped; mu */
+    mp_process *prev, *next; /* g.handles, once started */
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_mutex_t start_mu;
+    mp_process *handles; /* started here and not freed (detached included) */
+    unsigned counter;    /* processes created here, for "Process-N" */
+    /* this process */
+    pid_t self;
+    pid_t parent;        /* 0 unless started by mproc */
+    const char *name;    /* NULL: "MainProcess" */
+    const char *ident;   /* "" in the main process */
+    bool daemon;
+    /* the reaper of detached children */
+    bool reaper_on;
+    int reaper_efd;
+} g = {
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+    .start_mu = PTHREAD_MUTEX_INITIALIZER,
+    .ident = "",
+    .reaper_efd = -1,
+};
+
+static void lock(void) { pthread_mutex_lock(&g.mu); }
+static void unlock(void) { pthread_mutex_unlock(&g.mu); }
+
+static bool mine(const mp_process *p) { return p->state == P_STARTED && p->owner == g.self; }
+
+static void link_handle(mp_process *p)
+{
+    p->prev = NULL;
+    p->next = g.handles;
+    if (g.handles)
+        g.handles->prev = p;
+    g.handles = p;
+}
+
+static void unlink_handle(mp_process *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (g.handles == p)
+        g.handles = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    p->prev = p->next = NULL;
+}
+
+static void destroy(mp_process *p)
+{
+    mp__close(p->pidfd);
+    free(p->arg_copy);
+    free(p->name);
+    free(p->ident);
+    free(p);
+}
+
+/* Reaps p if it has ended. Returns true once p has ended. With mu held. */
+static bool reap_locked(mp_process *p)
+{
+    if (p->exitcode != MP_EXIT_NONE)
+        return true;
+    int status;
+    if (mp__pidfd_reap(p->pidfd, &status) != 1)
+        return false;
+    p->exitcode = status;
+    return true;
+}
+
+/* ---- the reaper of detached children ---------------------------------- */
+
+static void *reaper_main(void *unused)
+{
+    (void)unused;
+    struct pollfd *fds = NULL;
+    size_t cap = 0;
+    for (;;) {
+        size_t n = 0;
+        lock();
+        for (mp_process *p = g.handles, *next; p; p = next) {
+            next = p->next;
+            if (!p->detached)
+                continue;
+            if (reap_locked(p)) {
+                unlink_handle(p);
+                destroy(p);
+                continue;
+            }
+            if (n + 1 >= cap) {
+                size_t ncap = cap ? cap * 2 : 16;
+                struct pollfd *nf = realloc(fds, ncap * sizeof *nf);
+                if (!nf)
+                    break; /* watch what fits; the rest on the next round */
+                fds = nf;
+                cap = ncap;
+            }
+            fds[n++] = (struct pollfd){.fd = p->pidfd, .events = POLLIN};
+        }
+        if (n == 0) {
+            g.reaper_on = false;
+            unlock();
+            free(fds);
+            return NULL;
+        }
+        unlock();
+        /* Only this thread frees detached handles, so their pidfds stay open
+         * while it sleeps. New ones arrive through the eventfd. */
+        fds[n] = (struct pollfd){.fd = g.reaper_efd, .events = POLLIN};
+        if (poll(fds, n + 1, -1) > 0 && fds[n].revents) {
+            uint64_t v;
+            ssize_t r = read(g.reaper_efd, &v, sizeof v);
+            (void)r;
+        }
+    }
+}
+
+/* With mu held: make sure the reaper watches the detached handles. */
+static void reaper_kick(void)
+{
+    if (g.reaper_efd < 0)
+        g.reaper_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (g.reaper_efd < 0)
+        return; /* then detached children are reaped at the next start or exit */
+    if (g.reaper_on) {
+        uint64_t one = 1;
+        ssize_t r = write(g.reaper_efd, &one, sizeof one);
+        (void)r;
+        return;
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the reaper takes no signals */
+    pthread_t t;
+    if (pthread_create(&t, &attr, reaper_main, NULL) == 0)
+        g.reaper_on = true;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+}
+
+/* ---- exit: terminate the daemons, join the rest ----------------------- */
+
+/* Python's atexit behaviour, run at this process's normal exit and when a
+ * child's target returns. Waits on duplicates of the pidfds, so it never
+ * touches a handle another thread may free meanwhile. */
+static void finish_children(void)
+{
+    struct child { int fd; bool daemon; } *kids = NULL;
+    size_t n = 0, cap = 0;
+    lock();
+    for (mp_process *p = g.handles; p; p = p->next) {
+        if (!mine(p) || reap_locked(p))
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct child *nk = realloc(kids, ncap * sizeof *nk);
+            if (!nk)
+                break;
+            kids = nk;
+            cap = ncap;
+        }
+        int fd = fcntl(p->pidfd, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        kids[n++] = (struct child){fd, p->daemon};
+        if (p->daemon)
+            mp__pidfd_signal(fd, SIGTERM);
+    }
+    unlock();
+    int64_t grace = mp__now_ns() + (int64_t)(DAEMON_GRACE_S * 1e9);
+    for (size_t i = 0; i < n; i++) {
+        struct pollfd pf = {.fd = kids[i].fd, .events = POLLIN};
+        if (kids[i].daemon) {
+            int64_t left = grace - mp__now_ns();
+            int ms = left > 0 ? (int)(left / 1000000) + 1 : 0;
+            while (poll(&pf, 1, ms) < 0 && errno == EINTR)
+                ;
+            if (!pf.revents)
+                mp__pidfd_signal(kids[i].fd, SIGKILL);
+        }
+        while (poll(&pf, 1, -1) < 0 && errno == EINTR)
+            ;
+        mp__close(kids[i].fd);
+    }
+    free(kids);
+    lock();
+    for (mp_process *p = g.handles; p; p = p->next)
+        if (mine(p))
+            reap_locked(p);
+    unlock();
+}
+
+/* ---- fork hygiene ------------------------------------------------------ */
+
+static void atfork_prepare(void) { lock(); }
+static void atfork_parent(void) { unlock(); }
+
+/* In any child (ours or a plain fork): the handles are the parent's. Close
+ * their pidfds and forget them; the memory stays for whoever holds it. */
+static void atfork_child(void)
+{
+    for (mp_process *p = g.handles; p; p = p->next) {
+        mp__close(p->pidfd);
+        p->pidfd = -1;
+    }
+    g.handles = NULL;
+    g.self = getpid();
+    g.reaper_on = false;
+    mp__close(g.reaper_efd);
+    g.reaper_efd = -1;
+    g.mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+    g.start_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+}
+
+__attribute__((constructor)) static void process_init(void)
+{
+    g.self = getpid();
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+    atexit(finish_children);
+}
+
+/* ---- the API ------------------------------------------------------------ */
+
+int mp_process_new(mp_process **out, mp_target fn, void *arg, const mp_process_opts *opts)
+{
+    if (!out)
+        return MP_EINVAL;
+    *out = NULL;
+    mp_process_opts o = opts ? *opts : (mp_process_opts){0};
+    if (!fn || (o.arg_size > 0 && !arg))
+        return MP_EINVAL;
+    mp_process *p = calloc(1, sizeof *p);
+    if (!p)
+        return MP_ENOMEM;
+    p->fn = fn;
+    p->arg = arg;
+    p->daemon = o.daemon;
+    p->pidfd = -1;
+    p->exitcode = MP_EXIT_NONE;
+    lock();
+    unsigned n = ++g.counter;
+    unlock();
+    if (asprintf(&p->ident, "%s%s%u", g.ident, g.ident[0] ? ":" : "", n) < 0) {
+        p->ident = NULL;
+        goto nomem;
+    }
+    if (o.name)
+        p->name = strdup(o.name);
+    else if (asprintf(&p->name, "Process-%s", p->ident) < 0)
+        p->name = NULL;
+    if (!p->name)
+        goto nomem;
+    if (o.arg_size > 0) {
+        if (!(p->arg_copy = malloc(o.arg_size)))
+            goto nomem;
+        memcpy(p->arg_copy, arg, o.arg_size);
+        p->arg = p->arg_copy;
+    }
+    *out = p;
+    return 0;
+nomem:
+    destroy(p);
+    return MP_ENOMEM;
+}
+
+/* The child's side of start. Never returns. */
+__attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, int hs[2],
+                                                 pid_t parent, const sigset_t *mask)
+{
+    mp__close(hs[0]);
+    g.name = p->name;
+    g.ident = p->ident;
+    g.daemon = p->daemon;
+    g.parent = parent;
+    g.counter = 0;
+    int err = mp__lifeline_arm(life_fd, parent);
+    mp__fork_restore(mask);
+    ssize_t w = write(hs[1], &err, sizeof err);
+    (void)w; /* the parent also watches our pidfd */
+    mp__close(hs[1]);
+    if (err)
+        _exit(127);
+    int code = p->fn(p->arg);
+    finish_children();
+    fflush(NULL);
+    _exit(code);
+}
+
+/* Waits for the child's word. 0: it runs (or died before it could say);
+ * -errno: its setup failed. */
+static int handshake(int fd, int pidfd)
+{
+    struct pollfd pf[2] = {{.fd = fd, .events = POLLIN}, {.fd = pidfd, .events = POLLIN}};
+    for (;;) {
+        int err;
+        ssize_t r = read(fd, &err, sizeof err); /* fd is non-blocking */
+        if (r == (ssize_t)sizeof err)
+            return err;
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) || pf[1].revents)
+            return 0;
+        if (poll(pf, 2, -1) < 0 && errno != EINTR)
+            return 0;
+    }
+}
+
+static int start_locked(mp_process *p)
+{
+    int life_fd, hs[2], err;
+    if ((err = mp__lifeline_prepare(&life_fd)) < 0)
+        return err;
+    if (mp__sys.pipe2(hs, O_CLOEXEC) < 0) {
+        err = -errno;
+        mp__close(life_fd);
+        return err;
+    }
+    pid_t parent = getpid();
+    sigset_t mask;
+    pid_t pid = mp__fork(&mask);
+    if (pid == 0)
+        child_main(p, life_fd, hs, parent, &mask);
+    if (pid > 0)
+        mp__fork_restore(&mask);
+    mp__close(life_fd);
+    mp__close(hs[1]);
+    if (pid < 0) {
+        mp__close(hs[0]);
+        return pid == -ENOMEM ? MP_ENOMEM : (int)pid;
+    }
+    int pidfd = mp__pidfd_open(pid);
+    if (pidfd < 0) {
+        /* Without a pidfd we cannot track it: take it back now. */
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        mp__close(hs[0]);
+        return pidfd;
+    }
+    fcntl(hs[0], F_SETFL, O_NONBLOCK);
+    err = handshake(hs[0], pidfd);
+    mp__close(hs[0]);
+    if (err) {
+        siginfo_t si;
+        while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
+            ;
+        mp__close(pidfd);
+        return err;
+    }
+    p->pid = pid;
+    p->pidfd = pidfd;
+    p->owner = g.self;
+    return 0;
+}
+
+int mp_process_start(mp_process *p)
+{
+    if (!p)
+        return MP_EINVAL;
+    lock();
+    if (p->state != P_NEW || g.daemon) {
+        unlock();
+        return MP_ESTATE;
+    }
+    p->state = P_STARTING;
+    unlock();
+
+    pthread_mutex_lock(&g.start_mu);
+    int err = start_locked(p);
+    pthread_mutex_unlock(&g.start_mu);
+
+    lock();
+    if (err) {
+        p->state = P_NEW;
+    } else {
+        p->state = P_STARTED;
+        link_handle(p);
+    }
+    unlock();
+    return err;
+}
+
+int mp_process_join(mp_process *p, double timeout)
+{
+    int64_t deadline;
+    if (!p || mp__deadline(timeout, &deadline) < 0)
+        return MP_EINVAL;
+    lock();
+    bool ok = mine(p);
+    unlock();
+    if (!ok)
+        return MP_ESTATE;
+    mp__waiter w;
+    int r = mp__wait_begin(&w);
+    while (r == 0) {
+        lock();
+        bool done = reap_locked(p);
+        unlock();
+        if (done)
+            break;
+        r = mp__wait_fd(&w, p->pidfd, deadline);
+        if (r == 1)
+            r = 0; /* ended: reap it on the next turn */
+    }
+    mp__wait_end(&w);
+    return r;
+}
+
+int mp_process_exitcode(mp_process *p)
+{
+    if (!p)
+        return MP_EXIT_NONE;
+    lock();
+    if (mine(p))
+        reap_locked(p);
+    int code = p->exitcode;
+    unlock();
+    return code;
+}
+
+bool mp_process_is_alive(mp_process *p)
+{
+    if (!p)
+        return false;
+    lock();
+    bool alive = mine(p) && !reap_locked(p);
+    unlock();
+    return alive;
+}
+
+pid_t mp_process_pid(const mp_process *p) { return p && p->state == P_STARTED ? p->pid : 0; }
+
+const char *mp_process_name(const mp_process *p) { return p ? p->name : NULL; }
+
+int mp_process_sentinel(const mp_process *p)
+{
+    if (!p)
+        return MP_EINVAL;
+    return p->state == P_STARTED && p->pidfd >= 0 ? p->pidfd : MP_ESTATE;
+}
+
+static int send_signal(mp_process *p, int sig)
+{
+    if (!p)
+        return MP_EINVAL;
+    int r = 0;
+    lock();
+    if (!mine(p))
+        r = MP_ESTATE;
+    else if (p->exitcode == MP_EXIT_NONE) {
+        r = mp__pidfd_signal(p->pidfd, sig);
+        if (r == -ESRCH)
+            r = 0; /* it has just ended */
+    }
+    unlock();
+    return r;
+}
+
+int mp_process_terminate(mp_process *p) { return send_signal(p, SIGTERM); }
+int mp_process_kill(mp_process *p) { return send_signal(p, SIGKILL); }
+
+void mp_process_free(mp_process *p)
+{
+    if (!p)
+        return;
+    lock();
+    if (p->state == P_STARTED && p->pidfd >= 0) {
+        if (!reap_locked(p)) {
+            p->detached = true;
+            reaper_kick();
+            unlock();
+            return;
+        }
+        unlink_handle(p);
+    }
+    unlock();
+    destroy(p);
+}
+
+int mp_active_children(mp_process **out, size_t cap)
+{
+    if (!out && cap > 0)
+        return MP_EINVAL;
+    int n = 0;
+    lock();
+    for (mp_process *p = g.handles; p; p = p->next) {
+        if (p->detached || !mine(p) || reap_locked(p))
+            continue;
+        if ((size_t)n < cap)
+            out[n] = p;
+        n++;
+    }
+    unlock();
+    return n;
+}
+
+const char *mp_current_name(void) { return g.name ? g.name : "MainProcess"; }
+
+pid_t mp_parent_pid(void) { return g.parent ? g.parent : getppid(); }
+
+int mp_cpu_count(void) { return mp__cpu_online(); }
+
+int mp_process_cpu_count(void) { return mp__cpu_usable(); }

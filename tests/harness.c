@@ -1,0 +1,223 @@
+#include "harness.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CASES 256
+
+struct t_case { const char *name; t_fn fn; };
+static struct t_case cases[MAX_CASES];
+static int ncases;
+static pid_t harness_pid;
+
+void t_register(const char *name, t_fn fn)
+{
+    if (ncases < MAX_CASES)
+        cases[ncases++] = (struct t_case){name, fn};
+}
+
+void t_fail(const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s[%d] FAIL %s:%d: ", getpid() == harness_pid ? "" : "child ", (int)getpid(),
+            file, line);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fflush(NULL);
+    _exit(1); /* no atexit: mproc would join children that may never end */
+}
+
+double t_scale(void)
+{
+    const char *s = getenv("MPROC_TEST_TIMEOUT_MULT");
+    double m = s ? atof(s) : 1.0;
+    return m >= 1.0 ? m : 1.0;
+}
+
+double t_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+t_chan t_chan_new(void)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        T_FAIL("pipe2: %s", strerror(errno));
+    return (t_chan){fds[0], fds[1]};
+}
+
+void t_chan_close(t_chan *c)
+{
+    if (c->r >= 0)
+        close(c->r);
+    if (c->w >= 0)
+        close(c->w);
+    c->r = c->w = -1;
+}
+
+void t_send(t_chan *c, int v)
+{
+    if (write(c->w, &v, sizeof v) != (ssize_t)sizeof v)
+        T_FAIL("t_send: %s", strerror(errno));
+}
+
+bool t_try_recv(t_chan *c, double timeout, int *v)
+{
+    double end = t_now() + timeout * t_scale();
+    for (;;) {
+        int ms = (int)((end - t_now()) * 1000);
+        struct pollfd pf = {.fd = c->r, .events = POLLIN};
+        int r = poll(&pf, 1, ms > 0 ? ms : 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return false;
+        ssize_t n = read(c->r, v, sizeof *v);
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n == (ssize_t)sizeof *v;
+    }
+}
+
+int t_recv(t_chan *c, double timeout)
+{
+    int v;
+    if (!t_try_recv(c, timeout, &v))
+        T_FAIL("t_recv: nothing within %.1f s", timeout * t_scale());
+    return v;
+}
+
+bool t_pid_alive(pid_t pid)
+{
+    return kill(pid, 0) == 0;
+}
+
+bool t_wait_gone(pid_t pid, double timeout)
+{
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (fd < 0)
+        return errno == ESRCH; /* already reaped and gone */
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    int ms = (int)(timeout * t_scale() * 1000);
+    int r;
+    while ((r = poll(&pf, 1, ms)) < 0 && errno == EINTR)
+        ;
+    close(fd);
+    if (r == 1)
+        waitpid(pid, NULL, WNOHANG); /* ours if it was reparented to us */
+    return r == 1;
+}
+
+int t_count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        T_FAIL("opendir /proc/self/fd");
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory's own fd */
+}
+
+int t_children(pid_t *out, int cap)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300];
+        snprintf(path, sizeof path, "/proc/self/task/%s/children", e->d_name);
+        FILE *f = fopen(path, "re");
+        if (!f)
+            continue;
+        int pid;
+        while (fscanf(f, "%d", &pid) == 1) {
+            if (n < cap)
+                out[n] = pid;
+            n++;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+static int run_case(t_fn fn, const char *name)
+{
+    harness_pid = getpid();
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    fn();
+    pid_t left[64];
+    int n = t_children(left, 64);
+    if (n > 0) {
+        fprintf(stderr, "FAIL %s: %d child process(es) left behind:", name, n);
+        for (int i = 0; i < n && i < 64; i++) {
+            fprintf(stderr, " %d", (int)left[i]);
+            kill(left[i], SIGKILL);
+        }
+        fputc('\n', stderr);
+        while (waitpid(-1, NULL, 0) > 0)
+            ;
+        fflush(NULL);
+        _exit(1);
+    }
+    printf("ok %s\n", name);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+        for (int i = 0; i < ncases; i++)
+            puts(cases[i].name);
+        return 0;
+    }
+    if (argc == 2) {
+        for (int i = 0; i < ncases; i++)
+            if (strcmp(cases[i].name, argv[1]) == 0)
+                return run_case(cases[i].fn, cases[i].name);
+        fprintf(stderr, "no case named %s\n", argv[1]);
+        return 2;
+    }
+    /* No argument: every case, each in its own process with a time limit. */
+    int failed = 0;
+    for (int i = 0; i < ncases; i++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            alarm((unsigned)(60 * t_scale()));
+            _exit(run_case(cases[i].fn, cases[i].name));
+        }
+        int st;
+        waitpid(pid, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            printf("FAILED %s\n", cases[i].name);
+            failed++;
+        }
+    }
+    printf("%d passed, %d failed\n", ncases - failed, failed);
+    return failed != 0;
+}
