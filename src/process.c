@@ -1,13 +1,13 @@
 /*
  * Processes: multiprocessing.Process on fork.
  *
- * Start is a small protocol (libuv's and musl's posix_spawn's idea): the
- * parent makes a close-on-exec handshake pipe, forks with every signal
- * blocked, and waits until the child has armed its lifeline (os/lifeline.c)
- * and written one int: 0 to say it is about to run the target, or -errno to
- * say its setup failed, in which case the parent reaps it and start returns
- * that error. The parent also watches the child's pidfd, so a child that
- * dies before it writes cannot hang start.
+ * Start forks with every signal blocked, then does the child's setup from
+ * the parent side: it arms the child's lifeline (os/lifeline.c) and opens its
+ * pidfd. If either fails, it kills and reaps the child and start returns the
+ * error, so no setup failure ever shows up as a mysterious exit code. The
+ * child itself has no step that can fail before its target: it only waits to
+ * see itself armed. No round trip to the child is needed (a pipe handshake
+ * would cost the parent a sleep and a cross-CPU wake-up on every start).
  *
  * Every handle this process started stays in `g.handles` until it is freed,
  * so that at a fork the child can close the pidfds it inherited, and at exit
@@ -324,86 +324,51 @@ nomem:
 }
 
 /* The child's side of start. Never returns. */
-__attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, int hs[2],
-                                                 pid_t parent, const sigset_t *mask)
+__attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, pid_t parent,
+                                                 const sigset_t *mask)
 {
-    mp__close(hs[0]);
     g.name = p->name;
     g.ident = p->ident;
     g.daemon = p->daemon;
     g.parent = parent;
     g.counter = 0;
-    int err = mp__lifeline_arm(life_fd, parent);
+    mp__lifeline_await(life_fd, parent);
     mp__fork_restore(mask);
-    ssize_t w = write(hs[1], &err, sizeof err);
-    (void)w; /* the parent also watches our pidfd */
-    mp__close(hs[1]);
-    if (err)
-        _exit(127);
     int code = p->fn(p->arg);
     finish_children();
     fflush(NULL);
     _exit(code);
 }
 
-/* Waits for the child's word. 0: it runs (or died before it could say);
- * -errno: its setup failed. */
-static int handshake(int fd, int pidfd)
+/* Takes back a child that start cannot hand to its caller. */
+static void abandon(pid_t pid)
 {
-    struct pollfd pf[2] = {{.fd = fd, .events = POLLIN}, {.fd = pidfd, .events = POLLIN}};
-    for (;;) {
-        int err;
-        ssize_t r = read(fd, &err, sizeof err); /* fd is non-blocking */
-        if (r == (ssize_t)sizeof err)
-            return err;
-        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR) || pf[1].revents)
-            return 0;
-        if (poll(pf, 2, -1) < 0 && errno != EINTR)
-            return 0;
-    }
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
 }
 
 static int start_locked(mp_process *p)
 {
-    int life_fd, hs[2], err;
+    int life_fd, err;
     if ((err = mp__lifeline_prepare(&life_fd)) < 0)
         return err;
-    if (mp__sys.pipe2(hs, O_CLOEXEC) < 0) {
-        err = -errno;
-        mp__close(life_fd);
-        return err;
-    }
     pid_t parent = getpid();
     sigset_t mask;
     pid_t pid = mp__fork(&mask);
     if (pid == 0)
-        child_main(p, life_fd, hs, parent, &mask);
-    if (pid > 0)
-        mp__fork_restore(&mask);
-    mp__close(life_fd);
-    mp__close(hs[1]);
+        child_main(p, life_fd, parent, &mask);
     if (pid < 0) {
-        mp__close(hs[0]);
+        mp__close(life_fd);
         return pid == -ENOMEM ? MP_ENOMEM : (int)pid;
     }
-    int pidfd = mp__pidfd_open(pid);
+    mp__fork_restore(&mask);
+    err = mp__lifeline_bind(life_fd, pid);
+    mp__close(life_fd);
+    int pidfd = err ? err : mp__pidfd_open(pid);
     if (pidfd < 0) {
-        /* Without a pidfd we cannot track it: take it back now. */
-        kill(pid, SIGKILL);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        mp__close(hs[0]);
+        abandon(pid); /* unarmed or untrackable: it must not run */
         return pidfd;
-    }
-    fcntl(hs[0], F_SETFL, O_NONBLOCK);
-    err = handshake(hs[0], pidfd);
-    mp__close(hs[0]);
-    if (err) {
-        siginfo_t si;
-        while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
-            ;
-        mp__close(pidfd);
-        return err;
     }
     p->pid = pid;
     p->pidfd = pidfd;

@@ -297,9 +297,11 @@ TEST(daemon_may_not_start_children)
     mp_process_free(p);
 }
 
-/* The middle process: starts a daemon and a non-daemon, reports both pids,
- * then leaves by returning (arg 0) or by exit() (arg 1). Either way mproc
- * terminates the daemon and waits for the non-daemon. */
+/* The middle process: starts a daemon and a non-daemon (each reports its
+ * pid), then, when told, leaves by returning (arg 0) or by exit() (arg 1).
+ * Either way mproc terminates the daemon and waits for the non-daemon. */
+static t_chan to_middle;
+
 static int middle(void *arg)
 {
     mp_process *d, *n;
@@ -308,6 +310,7 @@ static int middle(void *arg)
         mp_process_start(n))
         return 1;
     /* sleep_forever and wait_for_order each report their pid themselves */
+    t_recv(&to_middle, 30);
     if (*(int *)arg)
         exit(7);
     return 7;
@@ -316,8 +319,10 @@ static int middle(void *arg)
 static void exit_semantics(int use_exit)
 {
     chans_open();
+    to_middle = t_chan_new();
     mp_process *m = start(middle, &use_exit, &(mp_process_opts){.arg_size = sizeof use_exit});
     pid_t a = t_recv(&to_parent, 10), b = t_recv(&to_parent, 10);
+    t_send(&to_middle, 0);
     /* The daemon ends (SIGTERM) while the middle still waits for the other. */
     struct pollfd pf[2] = {{.fd = (int)syscall(SYS_pidfd_open, a, 0), .events = POLLIN},
                            {.fd = (int)syscall(SYS_pidfd_open, b, 0), .events = POLLIN}};
@@ -334,6 +339,7 @@ static void exit_semantics(int use_exit)
     ASSERT_EQ(mp_process_exitcode(m), 7);
     ASSERT_TRUE(t_wait_gone(non_daemon, 10));
     mp_process_free(m);
+    t_chan_close(&to_middle);
     chans_close();
 }
 
@@ -572,8 +578,6 @@ TEST(parent_atexit_handlers_do_not_run_in_child)
 
 static int failing_fcntl(int fd, int cmd, long arg)
 {
-    (void)fd;
-    (void)arg;
     if (cmd == F_SETSIG) {
         errno = ENOLCK;
         return -1;
@@ -581,16 +585,16 @@ static int failing_fcntl(int fd, int cmd, long arg)
     return fcntl(fd, cmd, arg);
 }
 
-TEST(child_setup_failure_comes_back_from_start)
+TEST(setup_failure_comes_back_from_start)
 {
     int v = 0;
     mp_process *p;
     ASSERT_OK(mp_process_new(&p, ret_int, &v, NULL));
-    mp__sys.fcntl = failing_fcntl; /* inherited by the child: its setup fails */
+    mp__sys.fcntl = failing_fcntl; /* arming the child's lifeline fails */
     ASSERT_ERR(mp_process_start(p), -ENOLCK);
     mp__sys_reset();
     pid_t kids[4];
-    ASSERT_EQ(t_children(kids, 4), 0); /* reaped: no zombie */
+    ASSERT_EQ(t_children(kids, 4), 0); /* killed and reaped: it never ran */
     ASSERT_EQ(mp_process_pid(p), 0);
     ASSERT_ERR(mp_process_join(p, 0), MP_ESTATE);
     ASSERT_OK(mp_process_start(p)); /* it never started: it may start now */
@@ -627,6 +631,10 @@ TEST(fork_pidfd_and_pipe_failures_are_reported)
     mp_process *p;
     ASSERT_OK(mp_process_new(&p, ret_int, &v, NULL));
     int before = t_count_fds();
+    mp__sys.pipe2 = failing_pipe2; /* the family pipe, made at the first start */
+    int r = mp_process_start(p);
+    mp__sys_reset();
+    ASSERT_ERR(r, -ENFILE);
     mp__sys.fork = failing_fork;
     ASSERT_ERR(mp_process_start(p), -EAGAIN);
     mp__sys_reset();
@@ -635,10 +643,6 @@ TEST(fork_pidfd_and_pipe_failures_are_reported)
     mp__sys_reset();
     pid_t kids[4];
     ASSERT_EQ(t_children(kids, 4), 0); /* the child it could not track is gone */
-    mp__sys.pipe2 = failing_pipe2;
-    int r = mp_process_start(p);
-    mp__sys_reset();
-    ASSERT_ERR(r, -ENFILE);
     ASSERT_OK(mp_process_start(p));
     ASSERT_OK(mp_process_join(p, 10));
     mp_process_free(p);

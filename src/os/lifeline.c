@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -34,26 +35,46 @@ int mp__lifeline_prepare(int *child_fd)
     return -errno;
 }
 
-int mp__lifeline_arm(int fd, pid_t parent)
+int mp__lifeline_bind(int fd, pid_t child)
+{
+    if (fd < 0)
+        return 0; /* the child uses PR_SET_PDEATHSIG */
+    /* Owner last: a child that sees itself as the owner is fully armed. */
+    struct f_owner_ex own = {.type = F_OWNER_PID, .pid = child};
+    if (mp__sys.fcntl(fd, F_SETSIG, SIGKILL) < 0 ||
+        mp__sys.fcntl(fd, F_SETFL, O_RDONLY | O_NONBLOCK | O_ASYNC) < 0 ||
+        mp__sys.fcntl(fd, F_SETOWN_EX, (long)&own) < 0)
+        return -errno;
+    return 0;
+}
+
+static bool parent_gone(int fd)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    return poll(&pf, 1, 0) == 1 && (pf.revents & POLLHUP);
+}
+
+void mp__lifeline_await(int fd, pid_t parent)
 {
     if (fd < 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-            return -errno;
-        if (getppid() != parent) /* the parent died before we armed */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) /* the parent died before that */
             _exit(128 + SIGKILL);
-        return 0;
+        return;
     }
-    struct f_owner_ex own = {.type = F_OWNER_PID, .pid = getpid()};
-    if (mp__sys.fcntl(fd, F_SETOWN_EX, (long)&own) < 0 ||
-        mp__sys.fcntl(fd, F_SETSIG, SIGKILL) < 0 ||
-        mp__sys.fcntl(fd, F_SETFL, O_RDONLY | O_NONBLOCK | O_ASYNC) < 0)
-        return -errno;
-    /* Armed from here on. If the parent had already gone, no signal will come:
-     * the hang-up is already there to see. */
-    struct pollfd pf = {.fd = fd, .events = POLLIN};
-    if (poll(&pf, 1, 0) == 1 && (pf.revents & POLLHUP))
-        _exit(128 + SIGKILL);
-    return 0;
+    pid_t me = getpid();
+    for (int spins = 0;; spins++) {
+        struct f_owner_ex own = {0};
+        if (fcntl(fd, F_GETOWN_EX, &own) == 0 && own.pid == me)
+            break;
+        if (parent_gone(fd)) /* died before arming us: no signal will come */
+            _exit(128 + SIGKILL);
+        if (spins < 100)
+            sched_yield(); /* the parent arms us within microseconds */
+        else
+            poll(NULL, 0, 1);
+    }
+    /* Armed: from here the parent's death kills us. */
 }
 
 /* A child (of mp__fork or of a plain fork) must not hold its parent's write

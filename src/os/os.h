@@ -50,6 +50,7 @@ int mp__deadline(double timeout, int64_t *deadline);
 typedef struct mp__waiter {
     unsigned gen;  /* interrupt generation at entry */
     int slot;      /* index in the slot table, or -1 (then it polls in slices) */
+    bool claimed;  /* a slot was looked for (mp__wait_fd) */
 } mp__waiter;
 
 /* Enter a blocking call: MP_EINTR if an interrupt is pending (consuming it),
@@ -61,6 +62,43 @@ void mp__wait_end(mp__waiter *w);
 int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline);
 /* true if an interrupt came since w began (and consumes it). */
 bool mp__wait_interrupted(mp__waiter *w);
+/* The process-local interrupt generation, as a futex word. */
+_Atomic uint32_t *mp__intr_word(void);
+
+/* ---- futexes (futex.c) ---------------------------------------------------
+ * Shared futexes: the words live in memory shared across the family. */
+/* Sleeps while *addr == val, until woken, the deadline, or an interrupt.
+ * 0 (woken, value changed, or spurious: recheck), MP_ETIMEDOUT, MP_EINTR.
+ * w must come from mp__wait_begin. */
+int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__waiter *w);
+void mp__futex_wake(_Atomic uint32_t *addr, int n);
+void mp__futex_wake_private(_Atomic uint32_t *addr, int n); /* async-signal-safe */
+static inline void mp__cpu_relax(void) { __builtin_ia32_pause(); }
+
+/* ---- the owner lock (olock.c) ----------------------------------------------
+ * A process-shared mutex that survives its holder's death; every lock of the
+ * library (and the arena's allocator) is one. 8 bytes, zero = unlocked, so
+ * zeroed shared memory is a ready lock. Any thread of any process of the
+ * family may release it. See olock.c for the word's layout. */
+typedef struct mp__olock { _Atomic uint64_t w; } mp__olock;
+
+/* 0 acquired; MP_EOWNERDEAD acquired, and the previous holder's process died
+ * holding it (noticed within ~0.25 s of sleeping on it); MP_ETIMEDOUT;
+ * MP_EINTR. w: from mp__wait_begin. */
+int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w);
+bool mp__olock_try(mp__olock *l); /* never blocks */
+int mp__olock_release(mp__olock *l); /* 0, or MP_EPERM if it was not locked */
+static inline bool mp__olock_held(const mp__olock *l)
+{
+    return (uint32_t)atomic_load_explicit(&((mp__olock *)l)->w, memory_order_relaxed) != 0;
+}
+/* The pid of the process holding it, 0 if free. */
+static inline pid_t mp__olock_owner(const mp__olock *l)
+{
+    return (pid_t)((uint32_t)atomic_load_explicit(&((mp__olock *)l)->w, memory_order_relaxed) & 0x3fffffffu);
+}
+/* true if the process with this pid and token (0: unknown) has ended. */
+bool mp__proc_dead(pid_t pid, uint32_t token);
 
 /* ---- pidfd (pidfd.c) ----------------------------------------------------- */
 int mp__pidfd_open(pid_t pid);          /* close-on-exec pidfd, or -errno */
@@ -80,14 +118,19 @@ void mp__fork_restore(const sigset_t *mask);
 /* ---- lifeline (lifeline.c) ---------------------------------------------
  * Children die with their parent process, however it dies. The parent keeps
  * the write end of one "family" pipe and no one else holds it. Before each
- * fork it opens a fresh file description of the read end; the child arms it
- * with F_SETOWN_EX(itself) + F_SETSIG(SIGKILL) + O_ASYNC. When the parent
+ * fork it opens a fresh file description of the read end (F_SETOWN is per
+ * description); after the fork it arms that description for the child:
+ * F_SETSIG(SIGKILL), O_ASYNC, then F_SETOWN_EX(child) last. When the parent
  * process dies, the kernel closes its write end and sends SIGKILL to every
  * armed child, whichever thread forked them (PR_SET_PDEATHSIG follows the
- * thread). Where /proc is not mounted, the child falls back to
- * PR_SET_PDEATHSIG. The caller serialises mp__lifeline_prepare calls. */
-int mp__lifeline_prepare(int *child_fd); /* parent, before fork; *child_fd may be -1 */
-int mp__lifeline_arm(int child_fd, pid_t parent); /* child; 0 or -errno */
+ * thread). The child only waits until it sees itself armed, or sees the
+ * parent already gone. Arming in the parent means the child has no setup
+ * step that can fail, and start needs no round trip to the child. Where
+ * /proc is not mounted, the child falls back to PR_SET_PDEATHSIG.
+ * The caller serialises mp__lifeline_prepare calls. */
+int mp__lifeline_prepare(int *child_fd);         /* parent, before fork; *child_fd may be -1 */
+int mp__lifeline_bind(int child_fd, pid_t child); /* parent, after fork; 0 or -errno */
+void mp__lifeline_await(int child_fd, pid_t parent); /* child: returns once armed, or _exits */
 
 /* ---- CPUs (cpu.c) -------------------------------------------------------- */
 int mp__cpu_online(void);

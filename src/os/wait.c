@@ -12,6 +12,10 @@
  * free slot sleeps in slices of MP__SLICE_MS and checks the generation
  * between them, which still meets the 50 ms promise.
  *
+ * Futex waits (futex.c) need no slot: they sleep on the object's word and on
+ * the generation word at once (futex_waitv), and mp_interrupt wakes the
+ * generation word.
+ *
  * "Consumed": an interrupt wakes every wait that began before it; the first
  * call that begins after it, if none was waiting, returns MP_EINTR at once.
  * `seen` records the last generation that was delivered.
@@ -21,6 +25,7 @@
 #include "mproc.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
@@ -49,10 +54,13 @@ static void wake_slot(struct slot *s)
     }
 }
 
+_Atomic uint32_t *mp__intr_word(void) { return (_Atomic uint32_t *)&gen; }
+
 void mp_interrupt(void)
 {
     int e = errno;
     atomic_fetch_add(&gen, 1);
+    mp__futex_wake_private(mp__intr_word(), INT_MAX); /* the futex waits */
     for (int i = 0; i < MP__SLOTS; i++)
         if (atomic_load(&slots[i].busy))
             wake_slot(&slots[i]);
@@ -81,11 +89,11 @@ static int claim_slot(void)
 
 int mp__wait_begin(mp__waiter *w)
 {
-    w->slot = claim_slot(); /* claimed before the generation is read: see top */
+    w->slot = -1;
+    w->claimed = false;
     unsigned g = atomic_load(&gen);
     if (g != atomic_load(&seen)) {
         atomic_store(&seen, g);
-        mp__wait_end(w);
         return MP_EINTR;
     }
     w->gen = g;
@@ -115,6 +123,10 @@ bool mp__wait_interrupted(mp__waiter *w)
 
 int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline)
 {
+    if (!w->claimed) { /* claimed before the generation is read again: see top */
+        w->claimed = true;
+        w->slot = claim_slot();
+    }
     struct pollfd pf[2] = {
         {.fd = fd, .events = POLLIN},
         {.fd = w->slot >= 0 ? atomic_load(&slots[w->slot].efd) : -1, .events = POLLIN},

@@ -1,0 +1,223 @@
+/*
+ * mproc_bench: what mproc costs, next to the raw system calls ("the floor")
+ * that do the same work. `make bench` runs it through bench/run.py, which
+ * adds Python's figures (bench/py_bench.py) and prints one table.
+ *
+ *   mproc_bench [--quick] [ROW_ID...]
+ *
+ * For each row it times the mproc way and the floor way in batches,
+ * interleaved (mproc, floor, mproc, floor, ...) so that drift in the machine
+ * hits both alike, and prints the median time per operation over the
+ * repeats, in nanoseconds:
+ *
+ *   REPEATS\t<n>
+ *   ROW\t<id>\t<description>\t<mproc_ns>\t<floor_ns>
+ *
+ * Each side's batch size is calibrated once so that a batch takes about
+ * BATCH_MS. --quick runs fewer repeats of shorter batches (a smoke test).
+ *
+ * Adding a row:
+ *   1. Write two bench_fn functions that do the same operation n times, one
+ *      with mproc and one with plain system calls; each returns 0, or a
+ *      negative MP_E* / -errno code on failure.
+ *   2. Add one line to ROWS below: {id, description, mproc_fn, floor_fn}.
+ *   3. If Python has the same operation, add it to bench/py_bench.py under
+ *      the same id; otherwise the table shows "-" for Python.
+ */
+#include <mproc.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Does one operation n times. 0 on success, a negative code on failure. */
+typedef int (*bench_fn)(long n);
+
+/* Keeps the compiler from dropping results nobody reads. */
+static volatile long sink;
+
+/* ---- process_start_join ------------------------------------------------ */
+
+static int return_zero(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+static int mproc_start_join(long n)
+{
+    for (long i = 0; i < n; i++) {
+        mp_process *p;
+        int err = mp_process_new(&p, return_zero, NULL, NULL);
+        if (err == 0 && (err = mp_process_start(p)) == 0)
+            err = mp_process_join(p, MP_FOREVER);
+        mp_process_free(p);
+        if (err < 0)
+            return err;
+    }
+    return 0;
+}
+
+static int floor_fork_wait(long n)
+{
+    for (long i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid < 0)
+            return -errno;
+        if (pid == 0)
+            _exit(0);
+        int status;
+        while (waitpid(pid, &status, 0) < 0)
+            if (errno != EINTR)
+                return -errno;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            return MP_ESTATE;
+    }
+    return 0;
+}
+
+/* ---- cpu_count ---------------------------------------------------------- */
+
+static int mproc_cpu_count(long n)
+{
+    for (long i = 0; i < n; i++)
+        sink += mp_cpu_count();
+    return 0;
+}
+
+static int floor_sysconf(long n)
+{
+    for (long i = 0; i < n; i++)
+        sink += sysconf(_SC_NPROCESSORS_ONLN);
+    return 0;
+}
+
+/* ---- the table ---------------------------------------------------------- */
+
+struct row {
+    const char *id;          /* what run.py and py_bench.py join on */
+    const char *description; /* one line for people */
+    bench_fn mproc_fn;       /* the mproc way */
+    bench_fn floor_fn;       /* the same work with raw system calls */
+};
+
+static const struct row ROWS[] = {
+    {"process_start_join", "new + start + join + free a process that returns 0",
+     mproc_start_join, floor_fork_wait},
+    {"cpu_count", "number of online CPUs", mproc_cpu_count, floor_sysconf},
+};
+#define NROWS (sizeof ROWS / sizeof ROWS[0])
+
+/* ---- timing ------------------------------------------------------------- */
+
+enum { REPEATS = 11, QUICK_REPEATS = 3 };
+_Static_assert(QUICK_REPEATS <= REPEATS, "bench_row sizes its arrays by REPEATS");
+#define BATCH_MS 30.0      /* target length of one batch */
+#define QUICK_BATCH_MS 5.0 /* the same with --quick */
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* Runs one batch of n operations and returns how long it took in ns; on
+ * failure says which row failed and exits. */
+static double run_batch(const struct row *r, bench_fn fn, long n)
+{
+    double t0 = now_ns();
+    int err = fn(n);
+    double t = now_ns() - t0;
+    if (err < 0) {
+        fprintf(stderr, "mproc_bench: %s (%s): %s\n", r->id,
+                fn == r->mproc_fn ? "mproc" : "floor", mp_strerror(err));
+        exit(1);
+    }
+    return t;
+}
+
+/* The batch size that takes about target_ns: double n until a batch takes
+ * an eighth of the target, then scale up. Also warms up caches and code. */
+static long calibrate(const struct row *r, bench_fn fn, double target_ns)
+{
+    for (long n = 1;; n *= 2) {
+        double t = run_batch(r, fn, n);
+        if (t >= target_ns / 8 || n >= (1L << 40)) {
+            double scaled = (double)n * target_ns / (t > 0 ? t : 1);
+            return scaled < 1 ? 1 : (long)scaled;
+        }
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorts v in place and returns its median. */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void bench_row(const struct row *r, int repeats, double batch_ms)
+{
+    long n_mproc = calibrate(r, r->mproc_fn, batch_ms * 1e6);
+    long n_floor = calibrate(r, r->floor_fn, batch_ms * 1e6);
+    double t_mproc[REPEATS], t_floor[REPEATS];
+    for (int i = 0; i < repeats; i++) {
+        t_mproc[i] = run_batch(r, r->mproc_fn, n_mproc) / (double)n_mproc;
+        t_floor[i] = run_batch(r, r->floor_fn, n_floor) / (double)n_floor;
+    }
+    printf("ROW\t%s\t%s\t%.1f\t%.1f\n", r->id, r->description,
+           median(t_mproc, repeats), median(t_floor, repeats));
+    fflush(stdout);
+}
+
+static const struct row *find_row(const char *id)
+{
+    for (size_t i = 0; i < NROWS; i++)
+        if (strcmp(ROWS[i].id, id) == 0)
+            return &ROWS[i];
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    int repeats = REPEATS, nids = 0;
+    double batch_ms = BATCH_MS;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) {
+            repeats = QUICK_REPEATS;
+            batch_ms = QUICK_BATCH_MS;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "usage: %s [--quick] [ROW_ID...]\nrows:", argv[0]);
+            for (size_t k = 0; k < NROWS; k++)
+                fprintf(stderr, " %s", ROWS[k].id);
+            fputc('\n', stderr);
+            return 2;
+        } else if (!find_row(argv[i])) {
+            fprintf(stderr, "mproc_bench: no row '%s'\n", argv[i]);
+            return 2;
+        } else {
+            nids++;
+        }
+    }
+
+    printf("REPEATS\t%d\n", repeats);
+    if (nids == 0)
+        for (size_t k = 0; k < NROWS; k++)
+            bench_row(&ROWS[k], repeats, batch_ms);
+    else
+        for (int i = 1; i < argc; i++)
+            if (argv[i][0] != '-')
+                bench_row(find_row(argv[i]), repeats, batch_ms);
+    return 0;
+}
