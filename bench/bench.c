@@ -27,9 +27,16 @@
 #include <mproc.h>
 
 #include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -96,6 +103,230 @@ static int floor_sysconf(long n)
     return 0;
 }
 
+/* ---- two processes -------------------------------------------------------- */
+
+/* A zeroed MAP_SHARED page for the floors, made once. */
+static void *shared_page(void)
+{
+    void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Runs body(0, n / 2) in a forked child and body(1, n - n / 2) here, both
+ * starting once the child runs, then reaps the child. The child leaves with
+ * _exit: no atexit handler runs. */
+static int in_two_processes(int (*body)(int side, long n), long n)
+{
+    static _Atomic int *gate;
+    if (!gate && !(gate = shared_page()))
+        return MP_ENOMEM;
+    atomic_store(gate, 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        atomic_store(gate, 1);
+        _exit(body(0, n / 2) == 0 ? 0 : 1);
+    }
+    while (!atomic_load(gate))
+        sched_yield();
+    int err = body(1, n - n / 2), status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -errno;
+    if (err == 0 && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
+        err = MP_ESTATE;
+    return err;
+}
+
+/* ---- locks ---------------------------------------------------------------- */
+
+static mp_lock *b_lock;
+static long *b_counter;            /* in the arena, a cache line of its own */
+static pthread_mutex_t *b_robust;  /* the floor: robust, process-shared */
+static long *b_robust_counter;     /* the next cache line of the mutex's page */
+
+static int mproc_lock_init(void)
+{
+    if (b_lock)
+        return 0;
+    if (!(b_counter = mp_shared_alloc(64)))
+        return MP_ENOMEM;
+    return mp_lock_new(&b_lock);
+}
+
+static int robust_init(void)
+{
+    if (b_robust)
+        return 0;
+    pthread_mutex_t *m = shared_page();
+    if (!m)
+        return MP_ENOMEM;
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    int err = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    if (err)
+        return -err;
+    b_robust_counter = (long *)((char *)m + 64);
+    b_robust = m;
+    return 0;
+}
+
+static int mproc_lock_uncontended(long n)
+{
+    int err = mproc_lock_init();
+    for (long i = 0; i < n && !err; i++)
+        if ((err = mp_lock_acquire(b_lock, MP_FOREVER)) == 0)
+            err = mp_lock_release(b_lock);
+    return err;
+}
+
+static int floor_robust_uncontended(long n)
+{
+    int err = robust_init();
+    for (long i = 0; i < n && !err; i++)
+        if ((err = -pthread_mutex_lock(b_robust)) == 0)
+            err = -pthread_mutex_unlock(b_robust);
+    return err;
+}
+
+static int mproc_increments(int side, long n)
+{
+    (void)side;
+    for (long i = 0; i < n; i++) {
+        int err = mp_lock_acquire(b_lock, MP_FOREVER);
+        if (err)
+            return err;
+        ++*(volatile long *)b_counter;
+        mp_lock_release(b_lock);
+    }
+    return 0;
+}
+
+static int robust_increments(int side, long n)
+{
+    (void)side;
+    for (long i = 0; i < n; i++) {
+        int err = pthread_mutex_lock(b_robust);
+        if (err)
+            return -err;
+        ++*(volatile long *)b_robust_counter;
+        pthread_mutex_unlock(b_robust);
+    }
+    return 0;
+}
+
+static int mproc_lock_contended(long n)
+{
+    int err = mproc_lock_init();
+    long before = *b_counter;
+    if (!err)
+        err = in_two_processes(mproc_increments, n);
+    return err ? err : *b_counter == before + n ? 0 : MP_ESTATE;
+}
+
+static int floor_robust_contended(long n)
+{
+    int err = robust_init();
+    long before = *b_robust_counter;
+    if (!err)
+        err = in_two_processes(robust_increments, n);
+    return err ? err : *b_robust_counter == before + n ? 0 : MP_ESTATE;
+}
+
+/* ---- event_pingpong ------------------------------------------------------- */
+
+static mp_event *b_ping, *b_pong;
+static _Atomic uint32_t *b_words; /* the floor's two futex words, shared */
+
+/* side 1 serves (set ping, wait pong), side 0 answers; n round trips each. */
+static int mproc_pingpong_side(int side, long n)
+{
+    mp_event *in = side ? b_pong : b_ping, *out = side ? b_ping : b_pong;
+    for (long i = 0; i < n; i++) {
+        int err = side ? mp_event_set(out) : 0;
+        if (!err)
+            err = mp_event_wait(in, MP_FOREVER);
+        if (!err)
+            err = mp_event_clear(in);
+        if (!err && !side)
+            err = mp_event_set(out);
+        if (err)
+            return err;
+    }
+    return 0;
+}
+
+static int mproc_pingpong(long n)
+{
+    if (!b_ping && (mp_event_new(&b_ping) || mp_event_new(&b_pong)))
+        return MP_ENOMEM;
+    return in_two_processes(mproc_pingpong_side, 2 * n); /* n per side */
+}
+
+static void futex_post(_Atomic uint32_t *w)
+{
+    atomic_store(w, 1);
+    syscall(SYS_futex, w, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+static void futex_take(_Atomic uint32_t *w)
+{
+    while (atomic_load(w) == 0)
+        syscall(SYS_futex, w, FUTEX_WAIT, 0, NULL, NULL, 0);
+    atomic_store(w, 0);
+}
+
+static int floor_pingpong_side(int side, long n)
+{
+    _Atomic uint32_t *in = &b_words[side], *out = &b_words[!side];
+    for (long i = 0; i < n; i++) {
+        if (side)
+            futex_post(out);
+        futex_take(in);
+        if (!side)
+            futex_post(out);
+    }
+    return 0;
+}
+
+static int floor_pingpong(long n)
+{
+    if (!b_words && !(b_words = shared_page()))
+        return MP_ENOMEM;
+    return in_two_processes(floor_pingpong_side, 2 * n);
+}
+
+/* ---- shared_alloc_free ---------------------------------------------------- */
+
+static int mproc_alloc_free(long n)
+{
+    for (long i = 0; i < n; i++) {
+        void *p = mp_shared_alloc(64);
+        if (!p)
+            return MP_ENOMEM;
+        sink += (long)(uintptr_t)p & 1;
+        mp_shared_free(p);
+    }
+    return 0;
+}
+
+static int floor_malloc_free(long n)
+{
+    for (long i = 0; i < n; i++) {
+        void *p = malloc(64);
+        if (!p)
+            return MP_ENOMEM;
+        sink += (long)(uintptr_t)p & 1;
+        free(p);
+    }
+    return 0;
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 struct row {
@@ -109,6 +340,14 @@ static const struct row ROWS[] = {
     {"process_start_join", "new + start + join + free a process that returns 0",
      mproc_start_join, floor_fork_wait},
     {"cpu_count", "number of online CPUs", mproc_cpu_count, floor_sysconf},
+    {"lock_uncontended", "lock + unlock, no contention (floor: robust pshared mutex)",
+     mproc_lock_uncontended, floor_robust_uncontended},
+    {"lock_contended_2proc", "one locked increment, 2 processes contending (floor: robust mutex)",
+     mproc_lock_contended, floor_robust_contended},
+    {"event_pingpong", "round trip between 2 processes over 2 events (floor: raw futexes)",
+     mproc_pingpong, floor_pingpong},
+    {"shared_alloc_free", "mp_shared_alloc(64) + mp_shared_free (floor: malloc + free)",
+     mproc_alloc_free, floor_malloc_free},
 };
 #define NROWS (sizeof ROWS / sizeof ROWS[0])
 

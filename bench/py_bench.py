@@ -43,10 +43,84 @@ def cpu_count(n):
         os.cpu_count()
 
 
+_LOCK = None
+
+
+def lock_uncontended(n):
+    global _LOCK
+    if _LOCK is None:
+        _LOCK = _fork.Lock()
+    lock = _LOCK
+    for _ in range(n):
+        lock.acquire()
+        lock.release()
+
+
+def _increment(lock, counter, n):
+    for _ in range(n):
+        with lock:
+            counter.value += 1
+
+
+def _pong(e1, e2, n):
+    for _ in range(n):
+        e1.wait()
+        e1.clear()
+        e2.set()
+
+
+def _helper_main(conn, lock, counter, e1, e2):
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        what, n = msg
+        if what == "inc":
+            _increment(lock, counter, n)
+        else:
+            _pong(e1, e2, n)
+        conn.send(True)
+
+
+_HELPER = None
+
+
+def _helper():
+    """A second process, started once, that inherits the shared objects (they
+    cannot be sent through a pipe), so no batch pays for a process start."""
+    global _HELPER
+    if _HELPER is None:
+        objs = (_fork.Lock(), _fork.RawValue("l", 0), _fork.Event(), _fork.Event())
+        a, b = _fork.Pipe()
+        _fork.Process(target=_helper_main, args=(b, *objs), daemon=True).start()
+        _HELPER = (a, *objs)
+    return _HELPER
+
+
+def lock_contended_2proc(n):
+    conn, lock, counter, _, _ = _helper()
+    conn.send(("inc", n // 2))
+    _increment(lock, counter, n - n // 2)
+    conn.recv()
+
+
+def event_pingpong(n):
+    conn, _, _, e1, e2 = _helper()
+    conn.send(("pong", n))
+    for _ in range(n):
+        e1.set()
+        e2.wait()
+        e2.clear()
+    conn.recv()
+
+
 # id -> function doing the operation n times; ids as in bench/bench.c.
 ROWS = {
     "process_start_join": process_start_join,
     "cpu_count": cpu_count,
+    "lock_uncontended": lock_uncontended,
+    "lock_contended_2proc": lock_contended_2proc,
+    "event_pingpong": event_pingpong,
 }
 
 

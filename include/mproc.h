@@ -81,6 +81,9 @@ typedef enum mp_errno {
     MP_ERRNO_MAP(MP_ERRNO_ENUM_)
 #undef MP_ERRNO_ENUM_
 } mp_errno;
+/* That makes, for grep: MP_EINVAL, MP_ENOMEM, MP_ETIMEDOUT, MP_EPERM,
+ * MP_EOWNERDEAD, MP_EMSGSIZE, MP_EINTR, MP_EEMPTY, MP_EFULL, MP_ECLOSED,
+ * MP_ESTATE, MP_EBROKEN, MP_ETASK, MP_EWORKER, MP_EDONE. */
 
 /* A description of any code: an MP_E* code, a negated errno value, or 0
  * ("success"). An unknown code gets "unknown error". Static storage; never
@@ -195,6 +198,162 @@ MP_API int mp_cpu_count(void);
  * cgroup v2 cpu.max quota (rounded up) on its cgroup or any ancestor.
  * At least 1. (os.process_cpu_count(), plus the quota.) */
 MP_API int mp_process_cpu_count(void);
+
+/* ------------------------------------------------------------------------ */
+/* Shared memory: the family arena                                          */
+/* ------------------------------------------------------------------------ */
+
+/* When the library loads, before any child exists, it reserves one large
+ * shared region (a sparse memfd, MAP_SHARED | MAP_NORESERVE, as large as the
+ * system allows, up to a terabyte; MPROC_ARENA_SIZE=bytes overrides; excluded
+ * from core dumps). Every mproc object and every mp_shared_alloc block lives
+ * there, at the same address in every process of the family (the loading
+ * process and all processes it or its children start), even in processes
+ * started before the block was allocated: pass such memory to them by
+ * pointer. Pages cost memory only once touched; freed pages go back to the
+ * system. When the last process of the family ends, the kernel frees it all,
+ * even after SIGKILL: nothing is left in /dev/shm.
+ *
+ * C11 atomics (<stdatomic.h>) work on arena memory across processes as they
+ * do across threads: lock-free atomics on shared pages are process-shared. */
+
+/* A zeroed block of size bytes, 16-byte aligned; NULL when the arena is
+ * exhausted (never SIGBUS) or size is 0. Thread- and process-safe. */
+MP_API void *mp_shared_alloc(size_t size);
+
+/* A zeroed array of n elements; NULL on overflow or exhaustion. */
+MP_API void *mp_shared_calloc(size_t n, size_t size);
+
+/* Frees a block; any process of the family may free any block. NULL: no-op.
+ * A pointer that mp_shared_alloc did not return is ignored. */
+MP_API void mp_shared_free(void *p);
+
+/* Bytes handed out and not yet freed, family-wide (sizes as requested,
+ * rounded up to the allocator's size class). */
+MP_API size_t mp_shared_usage(void);
+
+/* Named shared memory for unrelated processes (shared_memory.SharedMemory).
+ * Names: 1..200 of [A-Za-z0-9._-]; an optional leading '/' is ignored.
+ * Objects are created with mode 0600, O_CLOEXEC | O_NOFOLLOW. */
+typedef struct mp_shm mp_shm;
+
+/* Creates and maps a new object of size bytes (> 0), zeroed. name NULL: a
+ * fresh unique name. -EEXIST if the name is taken; MP_EINVAL for a bad name
+ * or size 0. */
+MP_API int mp_shm_create(mp_shm **out, const char *name, size_t size);
+/* Maps an existing object, its whole size. -ENOENT if there is none. */
+MP_API int mp_shm_attach(mp_shm **out, const char *name);
+MP_API void *mp_shm_ptr(const mp_shm *s);
+MP_API size_t mp_shm_size(const mp_shm *s);
+MP_API const char *mp_shm_name(const mp_shm *s); /* without the '/' */
+/* Removes the name (the memory stays while mapped). -ENOENT if gone. */
+MP_API int mp_shm_unlink(mp_shm *s);
+/* Unmaps and frees the handle; the name stays until unlinked. NULL: no-op. */
+MP_API void mp_shm_free(mp_shm *s);
+
+/* ------------------------------------------------------------------------ */
+/* Synchronisation (Lock, RLock, Semaphore, Event, Condition, Barrier)      */
+/* ------------------------------------------------------------------------ */
+
+/* Every primitive lives in the arena: create it in any process, pass the
+ * pointer to any process of the family, free it once when no one uses it.
+ * They sleep on shared futexes, after a short adaptive spin; the uncontended
+ * paths make no system call. Blocking calls take a timeout (see Timeouts),
+ * return MP_ETIMEDOUT when it expires and MP_EINTR on mp_interrupt(); an
+ * interrupted call has taken nothing (no lock, no count, no notification).
+ * A holder's death is noticed by a waiter that has slept about 0.25 s on the
+ * object, so a zero-timeout poll never reports MP_EOWNERDEAD. */
+typedef struct mp_lock mp_lock;
+typedef struct mp_rlock mp_rlock;
+typedef struct mp_sem mp_sem;
+typedef struct mp_event mp_event;
+typedef struct mp_cond mp_cond;
+typedef struct mp_barrier mp_barrier;
+
+/* Lock: not recursive (acquiring it again blocks until the timeout, as in
+ * Python); any thread or process may release it. If its holder's process
+ * dies, the next acquirer gets MP_EOWNERDEAD (within about a second) and
+ * holds the lock: the data it guards may be half-updated. */
+MP_API int mp_lock_new(mp_lock **out);
+MP_API int mp_lock_acquire(mp_lock *l, double timeout); /* 0, MP_ETIMEDOUT, MP_EOWNERDEAD, MP_EINTR */
+MP_API int mp_lock_release(mp_lock *l);                 /* MP_EPERM if it was not locked */
+MP_API bool mp_lock_locked(mp_lock *l);
+MP_API void mp_lock_free(mp_lock *l);
+
+/* RLock: owned by a thread, recursive. Release by a thread that does not own
+ * it: MP_EPERM. MP_EOWNERDEAD: held now, with count 1. Recursion past
+ * UINT32_MAX levels: -EAGAIN. A thread that exits holding it leaves it held,
+ * as in Python. */
+MP_API int mp_rlock_new(mp_rlock **out);
+MP_API int mp_rlock_acquire(mp_rlock *l, double timeout);
+MP_API int mp_rlock_release(mp_rlock *l);
+MP_API bool mp_rlock_locked(mp_rlock *l);
+MP_API void mp_rlock_free(mp_rlock *l);
+
+/* Semaphore (max 0) or BoundedSemaphore (max > 0, value <= max, else
+ * MP_EINVAL): no owner. Release past max: MP_EINVAL; past INT_MAX: -EOVERFLOW. */
+MP_API int mp_sem_new(mp_sem **out, unsigned value, unsigned max);
+MP_API int mp_sem_acquire(mp_sem *s, double timeout);
+MP_API int mp_sem_release(mp_sem *s);
+MP_API int mp_sem_value(const mp_sem *s);
+MP_API void mp_sem_free(mp_sem *s);
+
+/* Event: a flag that processes wait for. */
+MP_API int mp_event_new(mp_event **out);
+MP_API int mp_event_set(mp_event *e);
+MP_API int mp_event_clear(mp_event *e);
+MP_API bool mp_event_is_set(mp_event *e);
+MP_API int mp_event_wait(mp_event *e, double timeout); /* 0 once set, MP_ETIMEDOUT */
+MP_API void mp_event_free(mp_event *e);
+
+/* Condition over an RLock (lock NULL: its own, freed with the condition).
+ * wait: the caller must hold the lock (else MP_EPERM); it is released fully
+ * while waiting and re-acquired with the same recursion count before
+ * returning, whatever the result: 0 when notified, MP_ETIMEDOUT, MP_EINTR,
+ * MP_EOWNERDEAD (the lock's holder died meanwhile), MP_ENOMEM. notify(n)
+ * wakes at most n of the threads waiting at that moment, oldest first;
+ * notify and notify_all need the lock too (else MP_EPERM). */
+MP_API int mp_cond_new(mp_cond **out, mp_rlock *lock);
+MP_API int mp_cond_acquire(mp_cond *c, double timeout);
+MP_API int mp_cond_release(mp_cond *c);
+MP_API int mp_cond_wait(mp_cond *c, double timeout);
+MP_API int mp_cond_notify(mp_cond *c, unsigned n);
+MP_API int mp_cond_notify_all(mp_cond *c);
+MP_API void mp_cond_free(mp_cond *c);
+
+/* Barrier for parties (> 0) processes or threads. wait returns this party's
+ * index in arrival order, 0..parties-1, as Python does; the last to arrive
+ * (index parties-1) runs action(arg) once before anyone leaves, so action and
+ * arg must be valid in every process (code and arena memory are). An action
+ * that returns non-zero breaks the barrier. The party whose timeout runs out
+ * gets MP_ETIMEDOUT and breaks it, the others MP_EBROKEN; so does a party that
+ * dies while waiting. abort breaks it; reset wakes the waiting with
+ * MP_EBROKEN and makes it usable again. */
+MP_API int mp_barrier_new(mp_barrier **out, unsigned parties, mp_target action, void *arg);
+MP_API int mp_barrier_wait(mp_barrier *b, double timeout);
+MP_API int mp_barrier_abort(mp_barrier *b);
+MP_API int mp_barrier_reset(mp_barrier *b);
+MP_API int mp_barrier_parties(const mp_barrier *b);
+MP_API int mp_barrier_n_waiting(const mp_barrier *b);
+MP_API bool mp_barrier_broken(const mp_barrier *b);
+MP_API void mp_barrier_free(mp_barrier *b);
+
+/* ------------------------------------------------------------------------ */
+/* Value and Array (multiprocessing.Value / Array)                          */
+/* ------------------------------------------------------------------------ */
+
+/* Shared bytes plus the RLock that guards them, in the arena. An Array is a
+ * value of n * sizeof(elem) bytes. */
+typedef struct mp_value mp_value;
+
+/* size > 0 (else MP_EINVAL); init NULL: zeroed, else size bytes copied. */
+MP_API int mp_value_new(mp_value **out, size_t size, const void *init);
+MP_API void *mp_value_ptr(mp_value *v);    /* the bytes, unlocked; NULL for NULL */
+MP_API size_t mp_value_size(const mp_value *v);
+MP_API mp_rlock *mp_value_lock(mp_value *v); /* get_lock() */
+MP_API int mp_value_get(mp_value *v, void *dst);       /* copy out under the lock */
+MP_API int mp_value_set(mp_value *v, const void *src); /* copy in under the lock */
+MP_API void mp_value_free(mp_value *v);
 
 #ifdef __cplusplus
 }

@@ -23,6 +23,7 @@
  */
 #include "mproc.h"
 
+#include "arena.h"
 #include "os/os.h"
 
 #include <errno.h>
@@ -336,6 +337,7 @@ __attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, pid
     mp__fork_restore(mask);
     int code = p->fn(p->arg);
     finish_children();
+    mp__arena_flush_thread();
     fflush(NULL);
     _exit(code);
 }

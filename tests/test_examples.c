@@ -74,3 +74,10 @@ TEST(print_numbers)
     ASSERT_STR_EQ(last, "Both processes have finished.");
     free(out);
 }
+
+TEST(lock_value)
+{
+    char *out = run_example("lock_value", 20);
+    ASSERT_STR_EQ(out, "15\n");
+    free(out);
+}

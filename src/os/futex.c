@@ -37,6 +37,12 @@ static int wait_sliced(_Atomic uint32_t *addr, uint32_t val, int64_t deadline)
 
 int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__waiter *w)
 {
+    if (!w) { /* not interruptible */
+        struct timespec ts;
+        long k = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, val, abs_ts(deadline, &ts), NULL,
+                         FUTEX_BITSET_MATCH_ANY);
+        return k < 0 && errno == ETIMEDOUT ? MP_ETIMEDOUT : 0;
+    }
     if (mp__wait_interrupted(w))
         return MP_EINTR;
     int r;

@@ -86,6 +86,8 @@ static inline uint64_t self(void)
     return s;
 }
 
+uint64_t mp__olock_self(void) { return self(); }
+
 bool mp__proc_dead(pid_t pid, uint32_t token)
 {
     char st;
@@ -125,6 +127,8 @@ int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w)
     if (atomic_compare_exchange_strong_explicit(&l->w, &cur, me, memory_order_acquire,
                                                 memory_order_relaxed))
         return 0;
+    if (deadline != MP__NEVER && mp__now_ns() >= deadline)
+        return MP_ETIMEDOUT; /* a poll: no spin, no futex, no wake owed */
     for (int i = 0; i < SPIN; i++) {
         mp__cpu_relax();
         cur = atomic_load_explicit(&l->w, memory_order_relaxed);

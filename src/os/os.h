@@ -29,6 +29,10 @@ struct mp__sys {
     int (*open)(const char *path, int flags, mode_t mode);
     int (*fcntl)(int fd, int cmd, long arg); /* integer-argument commands */
     int (*pidfd_open)(pid_t pid, unsigned flags);
+    int (*memfd_create)(const char *name, unsigned flags);
+    int (*ftruncate)(int fd, off_t len);
+    void *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+    int (*fallocate)(int fd, int mode, off_t off, off_t len);
 };
 extern struct mp__sys mp__sys;
 void mp__sys_reset(void); /* back to the real calls (tests) */
@@ -62,6 +66,9 @@ void mp__wait_end(mp__waiter *w);
 int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline);
 /* true if an interrupt came since w began (and consumes it). */
 bool mp__wait_interrupted(mp__waiter *w);
+/* After a wait that consumed an interrupt, leaves it pending instead, for
+ * the next blocking call (when the call reports something else). */
+void mp__wait_keep_interrupt(mp__waiter *w);
 /* The process-local interrupt generation, as a futex word. */
 _Atomic uint32_t *mp__intr_word(void);
 
@@ -69,7 +76,8 @@ _Atomic uint32_t *mp__intr_word(void);
  * Shared futexes: the words live in memory shared across the family. */
 /* Sleeps while *addr == val, until woken, the deadline, or an interrupt.
  * 0 (woken, value changed, or spurious: recheck), MP_ETIMEDOUT, MP_EINTR.
- * w must come from mp__wait_begin. */
+ * w must come from mp__wait_begin; NULL makes the wait deaf to interrupts
+ * (for the library's own short critical sections, such as the allocator's). */
 int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__waiter *w);
 void mp__futex_wake(_Atomic uint32_t *addr, int n);
 void mp__futex_wake_private(_Atomic uint32_t *addr, int n); /* async-signal-safe */
@@ -84,7 +92,8 @@ typedef struct mp__olock { _Atomic uint64_t w; } mp__olock;
 
 /* 0 acquired; MP_EOWNERDEAD acquired, and the previous holder's process died
  * holding it (noticed within ~0.25 s of sleeping on it); MP_ETIMEDOUT;
- * MP_EINTR. w: from mp__wait_begin. */
+ * MP_EINTR. w: from mp__wait_begin, or NULL for a wait that no interrupt
+ * ends. */
 int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w);
 bool mp__olock_try(mp__olock *l); /* never blocks */
 int mp__olock_release(mp__olock *l); /* 0, or MP_EPERM if it was not locked */
@@ -97,6 +106,8 @@ static inline pid_t mp__olock_owner(const mp__olock *l)
 {
     return (pid_t)((uint32_t)atomic_load_explicit(&((mp__olock *)l)->w, memory_order_relaxed) & 0x3fffffffu);
 }
+/* This process's identity in a lock word: token << 32 | pid. */
+uint64_t mp__olock_self(void);
 /* true if the process with this pid and token (0: unknown) has ended. */
 bool mp__proc_dead(pid_t pid, uint32_t token);
 
@@ -135,5 +146,38 @@ void mp__lifeline_await(int child_fd, pid_t parent); /* child: returns once arme
 /* ---- CPUs (cpu.c) -------------------------------------------------------- */
 int mp__cpu_online(void);
 int mp__cpu_usable(void);
+
+/* ---- the arena's memory (memfd.c) ------------------------------------------
+ * One sparse memfd ("mproc-arena", close-on-exec), mapped MAP_SHARED |
+ * MAP_NORESERVE before any child exists, so every process of the family sees
+ * it at the same address. Nothing is named in /dev/shm: the kernel frees it
+ * with the last process that maps it. Pages are committed with fallocate
+ * before anyone touches them (a fault on an unbacked shmem page is SIGBUS
+ * under strict overcommit; fallocate says ENOMEM/ENOSPC instead) and given
+ * back by punching holes, after which they read as zero. */
+#define MP__REGION_MAX ((size_t)1 << 40) /* 1 TiB of address space */
+#define MP__REGION_MIN ((size_t)16 << 20) /* the floor of the halving */
+
+typedef struct mp__region {
+    char *base; /* NULL when nothing is reserved */
+    size_t size;
+    int fd;     /* -1 when nothing is reserved */
+} mp__region;
+
+/* MPROC_ARENA_SIZE (bytes, optional K/M/G/T suffix, clamped to 4 MiB..1 TiB,
+ * rounded up to 64 KiB) if set and valid, else MP__REGION_MAX. */
+size_t mp__region_want(void);
+/* Reserves want bytes, halving while the system refuses (RLIMIT_AS, no
+ * address space) down to min(floor, want); excluded from core dumps.
+ * 0, or -errno with r->base NULL and r->fd -1. */
+int mp__region_reserve(mp__region *r, size_t want, size_t floor);
+void mp__region_unmap(mp__region *r); /* unmaps and closes (tests) */
+/* Backs [off, off+len) with memory: 0, or -errno (ENOMEM, ENOSPC: none to
+ * be had; then part of the range may be backed). Retries EINTR. */
+int mp__region_commit(const mp__region *r, size_t off, size_t len);
+/* Gives [off, off+len) back; it reads as zero afterwards. 0 or -errno. */
+int mp__region_release(const mp__region *r, size_t off, size_t len);
+/* Bytes of memory backing the region now (st_blocks), or -errno. */
+int64_t mp__region_backed(const mp__region *r);
 
 #endif /* MPROC_OS_H */

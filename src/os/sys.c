@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -16,6 +17,10 @@ static const struct mp__sys real = {
     .open = sys_open,
     .fcntl = sys_fcntl,
     .pidfd_open = sys_pidfd_open,
+    .memfd_create = memfd_create,
+    .ftruncate = ftruncate,
+    .mmap = mmap,
+    .fallocate = fallocate,
 };
 
 struct mp__sys mp__sys = real;

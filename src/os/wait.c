@@ -112,6 +112,11 @@ void mp__wait_end(mp__waiter *w)
     w->slot = -1;
 }
 
+void mp__wait_keep_interrupt(mp__waiter *w)
+{
+    atomic_store(&seen, w->gen); /* gen moved on: the next call sees it */
+}
+
 bool mp__wait_interrupted(mp__waiter *w)
 {
     unsigned g = atomic_load(&gen);
@@ -167,14 +172,17 @@ int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline)
  * them (closing is async-signal-safe) and start with no pending interrupt. */
 static void atfork_child(void)
 {
-    for (int i = 0; i < MP__SLOTS; i++) {
+    for (int i = 0; i < MP__SLOTS; i++) { /* writes only what was used: fewer page copies */
         int fd = atomic_load(&slots[i].efd);
-        if (fd >= 0)
+        if (fd >= 0) {
             mp__close(fd);
-        atomic_store(&slots[i].efd, -1);
-        atomic_store(&slots[i].busy, 0);
+            atomic_store(&slots[i].efd, -1);
+        }
+        if (atomic_load(&slots[i].busy))
+            atomic_store(&slots[i].busy, 0);
     }
-    atomic_store(&seen, atomic_load(&gen));
+    if (atomic_load(&seen) != atomic_load(&gen))
+        atomic_store(&seen, atomic_load(&gen));
 }
 
 __attribute__((constructor)) static void wait_init(void)

@@ -1,0 +1,1066 @@
+/* Synchronisation: DESIGN section 7. */
+#include "harness.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TIMEOUT 0.2 /* the timed waits */
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static mp_process *start(mp_target fn, void *arg)
+{
+    mp_process *p;
+    ASSERT_OK(mp_process_new(&p, fn, arg, NULL));
+    ASSERT_OK(mp_process_start(p));
+    return p;
+}
+
+/* Joins p, checks its exit code, frees it. */
+static void join_code(mp_process *p, int code)
+{
+    ASSERT_OK(mp_process_join(p, 30 * t_scale()));
+    ASSERT_EQ(mp_process_exitcode(p), code);
+    mp_process_free(p);
+}
+
+static pthread_t thread(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    ASSERT_EQ(pthread_create(&t, NULL, fn, arg), 0);
+    return t;
+}
+
+/* Joins t within 10 s (scaled) and returns what it returned, as an int. */
+static int join_thread(pthread_t t)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(10 * t_scale());
+    void *ret;
+    ASSERT_EQ(pthread_timedjoin_np(t, &ret, &ts), 0);
+    return (int)(intptr_t)ret;
+}
+
+/* The state letter of a thread (a tid, or a pid for a process) from /proc. */
+static char thread_state(pid_t tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return '?';
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' ? p[2] : '?';
+}
+
+/* Hand-shake with a blocking call we cannot see into: waits until the thread
+ * sleeps in the kernel (its spin is over), or fails the case. */
+static void await_sleeping(pid_t tid)
+{
+    double end = t_now() + 10 * t_scale();
+    while (thread_state(tid) != 'S') {
+        if (t_now() > end)
+            T_FAIL("thread %d never went to sleep", (int)tid);
+        sched_yield();
+    }
+}
+
+/* The call took at least timeout seconds, and not much more. */
+static void assert_on_time(double t0, double timeout)
+{
+    double took = t_now() - t0;
+    ASSERT_GE(took * 1e6 + 1, timeout * 1e6);
+    ASSERT_LT(took * 1e3, (timeout + 2.0 * t_scale()) * 1e3); /* generous: the machine is shared */
+}
+
+/* Polls n_waiting until it reaches n (a hand-shake, not a sleep). */
+static void await_n_waiting(mp_barrier *b, int n)
+{
+    double end = t_now() + 10 * t_scale();
+    while (mp_barrier_n_waiting(b) != n) {
+        if (t_now() > end)
+            T_FAIL("n_waiting stayed %d, want %d", mp_barrier_n_waiting(b), n);
+        sched_yield();
+    }
+}
+
+static t_chan to_parent, woke; /* children's reports: "ready", and "woken" */
+
+static void chans_open(void)
+{
+    to_parent = t_chan_new();
+    woke = t_chan_new();
+}
+
+static void chans_close(void)
+{
+    t_chan_close(&to_parent);
+    t_chan_close(&woke);
+}
+
+/* ---- exact sums under contention ---------------------------------------- */
+
+enum { K_LOCK, K_RLOCK, K_SEM, K_BSEM, K_COND };
+enum { WORKERS = 8, ROUNDS = 10000 };
+
+static struct {
+    int kind;
+    mp_lock *lock;
+    mp_rlock *rlock;
+    mp_sem *sem;
+    mp_cond *cond;
+    int *counter; /* in the arena */
+} cnt;
+
+static int count_acquire(void)
+{
+    switch (cnt.kind) {
+    case K_LOCK: return mp_lock_acquire(cnt.lock, MP_FOREVER);
+    case K_RLOCK: { /* twice: recursion under contention */
+        int r = mp_rlock_acquire(cnt.rlock, MP_FOREVER);
+        return r ? r : mp_rlock_acquire(cnt.rlock, MP_FOREVER);
+    }
+    case K_SEM:
+    case K_BSEM: return mp_sem_acquire(cnt.sem, MP_FOREVER);
+    default: return mp_cond_acquire(cnt.cond, MP_FOREVER);
+    }
+}
+
+static int count_release(void)
+{
+    switch (cnt.kind) {
+    case K_LOCK: return mp_lock_release(cnt.lock);
+    case K_RLOCK: {
+        int r = mp_rlock_release(cnt.rlock);
+        return r ? r : mp_rlock_release(cnt.rlock);
+    }
+    case K_SEM:
+    case K_BSEM: return mp_sem_release(cnt.sem);
+    default: return mp_cond_release(cnt.cond);
+    }
+}
+
+static int count_worker(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < ROUNDS; i++) {
+        if (count_acquire() != 0)
+            return 10;
+        int v = *cnt.counter; /* a torn read-modify-write if exclusion fails */
+        *(volatile int *)cnt.counter = v + 1;
+        if (count_release() != 0)
+            return 11;
+    }
+    return 0;
+}
+
+static void count_exactly(int kind)
+{
+    cnt.kind = kind;
+    ASSERT_TRUE((cnt.counter = mp_shared_calloc(1, sizeof(int))) != NULL);
+    switch (kind) {
+    case K_LOCK: ASSERT_OK(mp_lock_new(&cnt.lock)); break;
+    case K_RLOCK: ASSERT_OK(mp_rlock_new(&cnt.rlock)); break;
+    case K_SEM: ASSERT_OK(mp_sem_new(&cnt.sem, 1, 0)); break;
+    case K_BSEM: ASSERT_OK(mp_sem_new(&cnt.sem, 1, 1)); break;
+    default: ASSERT_OK(mp_cond_new(&cnt.cond, NULL)); break;
+    }
+    mp_process *p[WORKERS];
+    for (int i = 0; i < WORKERS; i++)
+        p[i] = start(count_worker, NULL);
+    for (int i = 0; i < WORKERS; i++)
+        join_code(p[i], 0);
+    ASSERT_EQ(*cnt.counter, WORKERS * ROUNDS);
+    switch (kind) {
+    case K_LOCK: ASSERT_TRUE(!mp_lock_locked(cnt.lock)); break;
+    case K_RLOCK: ASSERT_TRUE(!mp_rlock_locked(cnt.rlock)); break;
+    case K_SEM:
+    case K_BSEM: ASSERT_EQ(mp_sem_value(cnt.sem), 1); break;
+    default: break;
+    }
+    mp_lock_free(cnt.lock);
+    mp_rlock_free(cnt.rlock);
+    mp_sem_free(cnt.sem);
+    mp_cond_free(cnt.cond);
+    mp_shared_free(cnt.counter);
+}
+
+TEST(lock_exact_sum_8_processes) { count_exactly(K_LOCK); }
+TEST(rlock_exact_sum_8_processes) { count_exactly(K_RLOCK); }
+TEST(semaphore_exact_sum_8_processes) { count_exactly(K_SEM); }
+TEST(bounded_semaphore_exact_sum_8_processes) { count_exactly(K_BSEM); }
+TEST(condition_lock_exact_sum_8_processes) { count_exactly(K_COND); }
+
+/* ---- Lock ---------------------------------------------------------------- */
+
+static mp_lock *g_lock;
+
+static int release_g_lock(void *arg)
+{
+    (void)arg;
+    return mp_lock_release(g_lock) == 0 ? 0 : 1;
+}
+
+TEST(lock_basics_and_release_by_another_process)
+{
+    ASSERT_OK(mp_lock_new(&g_lock));
+    ASSERT_TRUE(!mp_lock_locked(g_lock));
+    ASSERT_ERR(mp_lock_release(g_lock), MP_EPERM);
+    ASSERT_OK(mp_lock_acquire(g_lock, MP_FOREVER));
+    ASSERT_TRUE(mp_lock_locked(g_lock));
+    ASSERT_ERR(mp_lock_acquire(g_lock, 0), MP_ETIMEDOUT); /* not recursive */
+    join_code(start(release_g_lock, NULL), 0);            /* anyone may release */
+    ASSERT_TRUE(!mp_lock_locked(g_lock));
+    ASSERT_OK(mp_lock_acquire(g_lock, 0));
+    ASSERT_OK(mp_lock_release(g_lock));
+    ASSERT_ERR(mp_lock_release(g_lock), MP_EPERM);
+    mp_lock_free(g_lock);
+}
+
+TEST(lock_timeout_on_time)
+{
+    mp_lock *l;
+    ASSERT_OK(mp_lock_new(&l));
+    ASSERT_OK(mp_lock_acquire(l, MP_FOREVER));
+    double t0 = t_now();
+    ASSERT_ERR(mp_lock_acquire(l, TIMEOUT), MP_ETIMEDOUT); /* its holder too blocks */
+    assert_on_time(t0, TIMEOUT);
+    ASSERT_OK(mp_lock_release(l));
+    mp_lock_free(l);
+}
+
+/* Takes the lock, says so, and waits to be killed. */
+static int hold_and_hang(void *arg)
+{
+    (void)arg;
+    t_send(&to_parent, mp_lock_acquire(g_lock, MP_FOREVER));
+    for (;;)
+        pause();
+    return 0;
+}
+
+TEST(lock_holder_killed_next_gets_ownerdead)
+{
+    chans_open();
+    ASSERT_OK(mp_lock_new(&g_lock));
+    mp_process *p = start(hold_and_hang, NULL);
+    ASSERT_EQ(t_recv(&to_parent, 10), 0);
+    ASSERT_TRUE(mp_lock_locked(g_lock));
+    ASSERT_ERR(mp_lock_acquire(g_lock, 0), MP_ETIMEDOUT);
+    ASSERT_OK(mp_process_kill(p));
+    join_code(p, -SIGKILL);
+    double t0 = t_now();
+    ASSERT_ERR(mp_lock_acquire(g_lock, 10), MP_EOWNERDEAD);
+    double took = t_now() - t0;
+    ASSERT_LT(took * 1e3, 1000 * t_scale()); /* the promise: within about a second */
+    ASSERT_TRUE(mp_lock_locked(g_lock));       /* held by us now */
+    ASSERT_ERR(mp_lock_acquire(g_lock, 0), MP_ETIMEDOUT);
+    ASSERT_OK(mp_lock_release(g_lock));
+    ASSERT_OK(mp_lock_acquire(g_lock, 0)); /* and it works as before */
+    ASSERT_OK(mp_lock_release(g_lock));
+    mp_lock_free(g_lock);
+    g_lock = NULL;
+    chans_close();
+}
+
+/* ---- RLock --------------------------------------------------------------- */
+
+static mp_rlock *g_rlock;
+
+static void *rlock_other_thread(void *arg)
+{
+    (void)arg;
+    int bad = 0;
+    bad |= mp_rlock_release(g_rlock) != MP_EPERM;          /* not the owner */
+    bad |= mp_rlock_acquire(g_rlock, 0) != MP_ETIMEDOUT;   /* owned by another thread */
+    return (void *)(intptr_t)bad;
+}
+
+static int rlock_other_process(void *arg)
+{
+    (void)arg;
+    if (mp_rlock_release(g_rlock) != MP_EPERM)
+        return 1;
+    if (mp_rlock_acquire(g_rlock, 0) != MP_ETIMEDOUT)
+        return 2;
+    return 0;
+}
+
+TEST(rlock_recursion_and_eperm)
+{
+    ASSERT_OK(mp_rlock_new(&g_rlock));
+    ASSERT_ERR(mp_rlock_release(g_rlock), MP_EPERM); /* unlocked */
+    for (int i = 0; i < 3; i++)
+        ASSERT_OK(mp_rlock_acquire(g_rlock, 0));
+    ASSERT_TRUE(mp_rlock_locked(g_rlock));
+    ASSERT_EQ(join_thread(thread(rlock_other_thread, NULL)), 0);
+    join_code(start(rlock_other_process, NULL), 0);
+    for (int i = 0; i < 3; i++) {
+        ASSERT_TRUE(mp_rlock_locked(g_rlock));
+        ASSERT_OK(mp_rlock_release(g_rlock));
+    }
+    ASSERT_TRUE(!mp_rlock_locked(g_rlock));
+    ASSERT_ERR(mp_rlock_release(g_rlock), MP_EPERM);
+    mp_rlock_free(g_rlock);
+}
+
+static void *rlock_hold_in_thread(void *arg)
+{
+    t_chan *c = arg;
+    int r = mp_rlock_acquire(g_rlock, MP_FOREVER);
+    t_send(&c[0], r);
+    t_recv(&c[1], 10);
+    return (void *)(intptr_t)mp_rlock_release(g_rlock);
+}
+
+TEST(rlock_timeout_on_time)
+{
+    ASSERT_OK(mp_rlock_new(&g_rlock));
+    t_chan c[2] = {t_chan_new(), t_chan_new()};
+    pthread_t t = thread(rlock_hold_in_thread, c);
+    ASSERT_EQ(t_recv(&c[0], 10), 0);
+    double t0 = t_now();
+    ASSERT_ERR(mp_rlock_acquire(g_rlock, TIMEOUT), MP_ETIMEDOUT);
+    assert_on_time(t0, TIMEOUT);
+    t_send(&c[1], 0);
+    ASSERT_EQ(join_thread(t), 0);
+    t_chan_close(&c[0]);
+    t_chan_close(&c[1]);
+    mp_rlock_free(g_rlock);
+}
+
+static int rlock_hold_and_hang(void *arg)
+{
+    (void)arg;
+    int r = mp_rlock_acquire(g_rlock, MP_FOREVER);
+    if (r == 0)
+        r = mp_rlock_acquire(g_rlock, MP_FOREVER); /* depth 2 when it dies */
+    t_send(&to_parent, r);
+    for (;;)
+        pause();
+    return 0;
+}
+
+TEST(rlock_holder_killed_next_gets_ownerdead)
+{
+    chans_open();
+    ASSERT_OK(mp_rlock_new(&g_rlock));
+    mp_process *p = start(rlock_hold_and_hang, NULL);
+    ASSERT_EQ(t_recv(&to_parent, 10), 0);
+    ASSERT_ERR(mp_rlock_release(g_rlock), MP_EPERM);
+    ASSERT_OK(mp_process_kill(p));
+    join_code(p, -SIGKILL);
+    double t0 = t_now();
+    ASSERT_ERR(mp_rlock_acquire(g_rlock, 10), MP_EOWNERDEAD);
+    ASSERT_LT((t_now() - t0) * 1e3, 1000 * t_scale());
+    ASSERT_OK(mp_rlock_acquire(g_rlock, 0)); /* ours now, recursive */
+    ASSERT_OK(mp_rlock_release(g_rlock));
+    ASSERT_OK(mp_rlock_release(g_rlock)); /* count was 1 */
+    ASSERT_TRUE(!mp_rlock_locked(g_rlock));
+    ASSERT_ERR(mp_rlock_release(g_rlock), MP_EPERM);
+    ASSERT_OK(mp_rlock_acquire(g_rlock, 0));
+    ASSERT_OK(mp_rlock_release(g_rlock));
+    mp_rlock_free(g_rlock);
+    chans_close();
+}
+
+/* ---- Semaphore ----------------------------------------------------------- */
+
+TEST(bounded_semaphore_over_release)
+{
+    mp_sem *s;
+    ASSERT_OK(mp_sem_new(&s, 1, 1));
+    ASSERT_ERR(mp_sem_release(s), MP_EINVAL);
+    ASSERT_EQ(mp_sem_value(s), 1);
+    ASSERT_OK(mp_sem_acquire(s, 0));
+    ASSERT_EQ(mp_sem_value(s), 0);
+    ASSERT_ERR(mp_sem_acquire(s, 0), MP_ETIMEDOUT);
+    ASSERT_OK(mp_sem_release(s));
+    ASSERT_ERR(mp_sem_release(s), MP_EINVAL);
+    mp_sem_free(s);
+
+    ASSERT_OK(mp_sem_new(&s, 0, 2));
+    ASSERT_OK(mp_sem_release(s));
+    ASSERT_OK(mp_sem_release(s));
+    ASSERT_ERR(mp_sem_release(s), MP_EINVAL);
+    ASSERT_EQ(mp_sem_value(s), 2);
+    mp_sem_free(s);
+
+    ASSERT_OK(mp_sem_new(&s, 5, 0)); /* plain: no bound */
+    for (int i = 0; i < 10; i++)
+        ASSERT_OK(mp_sem_release(s));
+    ASSERT_EQ(mp_sem_value(s), 15);
+    mp_sem_free(s);
+}
+
+TEST(semaphore_timeout_on_time)
+{
+    mp_sem *s;
+    ASSERT_OK(mp_sem_new(&s, 0, 0));
+    double t0 = t_now();
+    ASSERT_ERR(mp_sem_acquire(s, TIMEOUT), MP_ETIMEDOUT);
+    assert_on_time(t0, TIMEOUT);
+    mp_sem_free(s);
+}
+
+static mp_sem *g_sem;
+
+static int sem_taker(void *arg)
+{
+    (void)arg;
+    t_send(&to_parent, 0); /* about to wait */
+    if (mp_sem_acquire(g_sem, 30) != 0)
+        return 1;
+    t_send(&to_parent, getpid());
+    return 0;
+}
+
+TEST(semaphore_several_waiters)
+{
+    enum { N = 4 };
+    chans_open();
+    ASSERT_OK(mp_sem_new(&g_sem, 0, 0));
+    mp_process *p[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = start(sem_taker, NULL);
+        ASSERT_EQ(t_recv(&to_parent, 10), 0);
+        await_sleeping(mp_process_pid(p[i]));
+    }
+    ASSERT_OK(mp_sem_release(g_sem));
+    ASSERT_OK(mp_sem_release(g_sem));
+    int a = t_recv(&to_parent, 10), b = t_recv(&to_parent, 10), v;
+    ASSERT_NE(a, b);
+    ASSERT_TRUE(!t_try_recv(&to_parent, 0.1, &v)); /* two counts, two takers */
+    ASSERT_EQ(mp_sem_value(g_sem), 0);
+    ASSERT_OK(mp_sem_release(g_sem));
+    ASSERT_OK(mp_sem_release(g_sem));
+    t_recv(&to_parent, 10);
+    t_recv(&to_parent, 10);
+    for (int i = 0; i < N; i++)
+        join_code(p[i], 0);
+    ASSERT_EQ(mp_sem_value(g_sem), 0);
+    mp_sem_free(g_sem);
+    chans_close();
+}
+
+/* ---- Event --------------------------------------------------------------- */
+
+static mp_event *g_e1, *g_e2;
+
+/* Waits for e1, clears it, sets e2: the other half of a ping-pong. */
+static int event_echo(void *arg)
+{
+    int rounds = *(int *)arg;
+    t_send(&to_parent, 0); /* about to wait */
+    for (int i = 0; i < rounds; i++) {
+        if (mp_event_wait(g_e1, 30) != 0)
+            return 1;
+        if (!mp_event_is_set(g_e1))
+            return 2;
+        mp_event_clear(g_e1);
+        mp_event_set(g_e2);
+    }
+    return 0;
+}
+
+TEST(event_set_clear_wait_across_processes)
+{
+    chans_open();
+    ASSERT_OK(mp_event_new(&g_e1));
+    ASSERT_OK(mp_event_new(&g_e2));
+    ASSERT_TRUE(!mp_event_is_set(g_e1));
+    ASSERT_ERR(mp_event_wait(g_e1, 0), MP_ETIMEDOUT);
+
+    /* The peer asleep in the kernel, then woken. */
+    int one = 1;
+    mp_process *p = start(event_echo, &one);
+    ASSERT_EQ(t_recv(&to_parent, 10), 0);
+    await_sleeping(mp_process_pid(p));
+    ASSERT_OK(mp_event_set(g_e1));
+    ASSERT_OK(mp_event_wait(g_e2, 10));
+    join_code(p, 0);
+    ASSERT_TRUE(!mp_event_is_set(g_e1)); /* cleared by the child */
+    ASSERT_TRUE(mp_event_is_set(g_e2));
+    ASSERT_OK(mp_event_wait(g_e2, 0)); /* a set event answers at once, again and again */
+    ASSERT_OK(mp_event_set(g_e2));     /* setting a set one is fine */
+    ASSERT_OK(mp_event_clear(g_e2));
+    ASSERT_OK(mp_event_clear(g_e2));
+    ASSERT_TRUE(!mp_event_is_set(g_e2));
+
+    /* Many round trips: spinning and sleeping peers alike. */
+    int rounds = 2000;
+    p = start(event_echo, &rounds);
+    ASSERT_EQ(t_recv(&to_parent, 10), 0);
+    for (int i = 0; i < rounds; i++) {
+        ASSERT_OK(mp_event_set(g_e1));
+        ASSERT_OK(mp_event_wait(g_e2, 30));
+        ASSERT_OK(mp_event_clear(g_e2));
+    }
+    join_code(p, 0);
+    mp_event_free(g_e1);
+    mp_event_free(g_e2);
+    chans_close();
+}
+
+static int event_waiter(void *arg)
+{
+    (void)arg;
+    t_send(&to_parent, 0); /* about to wait */
+    return mp_event_wait(g_e1, 30) == 0 ? 0 : 1;
+}
+
+TEST(event_set_wakes_every_waiter)
+{
+    chans_open();
+    ASSERT_OK(mp_event_new(&g_e1));
+    mp_process *p[3];
+    for (int i = 0; i < 3; i++) {
+        p[i] = start(event_waiter, NULL);
+        ASSERT_EQ(t_recv(&to_parent, 10), 0);
+        await_sleeping(mp_process_pid(p[i]));
+    }
+    ASSERT_OK(mp_event_set(g_e1));
+    ASSERT_OK(mp_event_clear(g_e1)); /* at once: they saw it set all the same */
+    for (int i = 0; i < 3; i++)
+        join_code(p[i], 0);
+    mp_event_free(g_e1);
+    chans_close();
+}
+
+TEST(event_timeout_on_time)
+{
+    mp_event *e;
+    ASSERT_OK(mp_event_new(&e));
+    double t0 = t_now();
+    ASSERT_ERR(mp_event_wait(e, TIMEOUT), MP_ETIMEDOUT);
+    assert_on_time(t0, TIMEOUT);
+    mp_event_free(e);
+}
+
+/* ---- Condition ----------------------------------------------------------- */
+
+static mp_cond *g_cond;
+static int *g_woken; /* in the arena: how many waiters returned */
+
+/* Holds the lock, says it is about to wait, waits, counts itself. */
+static int cond_waiter(void *arg)
+{
+    (void)arg;
+    if (mp_cond_acquire(g_cond, 30) != 0)
+        return 1;
+    t_send(&to_parent, getpid());
+    int r = mp_cond_wait(g_cond, 30);
+    if (r == 0)
+        ++*g_woken;
+    t_send(&woke, getpid());
+    mp_cond_release(g_cond);
+    if (r)
+        fprintf(stderr, "cond_wait: %s\n", mp_err_name(r));
+    return r == 0 ? 0 : 2;
+}
+
+/* Starts a waiter and returns once it waits: it said so while holding the
+ * lock, so when we get the lock it has let it go inside wait. */
+static mp_process *start_cond_waiter(void)
+{
+    mp_process *p = start(cond_waiter, NULL);
+    ASSERT_EQ(t_recv(&to_parent, 10), mp_process_pid(p));
+    ASSERT_OK(mp_cond_acquire(g_cond, 10));
+    ASSERT_OK(mp_cond_release(g_cond));
+    return p;
+}
+
+TEST(condition_notify_one_wakes_exactly_one)
+{
+    enum { N = 4 };
+    chans_open();
+    ASSERT_OK(mp_cond_new(&g_cond, NULL));
+    ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
+    mp_process *p[N];
+    for (int i = 0; i < N; i++)
+        p[i] = start_cond_waiter();
+    ASSERT_OK(mp_cond_acquire(g_cond, 10));
+    ASSERT_OK(mp_cond_notify(g_cond, 1));
+    ASSERT_OK(mp_cond_release(g_cond));
+    ASSERT_EQ(t_recv(&woke, 10), mp_process_pid(p[0])); /* the oldest */
+    int v;
+    ASSERT_TRUE(!t_try_recv(&woke, 0.2, &v));
+    ASSERT_EQ(*g_woken, 1);
+
+    ASSERT_OK(mp_cond_acquire(g_cond, 10));
+    ASSERT_OK(mp_cond_notify(g_cond, 2));
+    ASSERT_OK(mp_cond_release(g_cond));
+    int x = t_recv(&woke, 10), y = t_recv(&woke, 10); /* the next two, in any order */
+    ASSERT_EQ(x + y, mp_process_pid(p[1]) + mp_process_pid(p[2]));
+    ASSERT_TRUE(x == mp_process_pid(p[1]) || x == mp_process_pid(p[2]));
+    ASSERT_TRUE(!t_try_recv(&woke, 0.2, &v));
+    ASSERT_EQ(*g_woken, 3);
+
+    ASSERT_OK(mp_cond_acquire(g_cond, 10));
+    ASSERT_OK(mp_cond_notify_all(g_cond));
+    ASSERT_OK(mp_cond_release(g_cond));
+    for (int i = 0; i < N; i++)
+        join_code(p[i], 0);
+    ASSERT_EQ(*g_woken, N);
+    mp_cond_free(g_cond);
+    chans_close();
+}
+
+TEST(condition_notify_all_wakes_all)
+{
+    enum { N = 5 };
+    chans_open();
+    ASSERT_OK(mp_cond_new(&g_cond, NULL));
+    ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
+    mp_process *p[N];
+    for (int i = 0; i < N; i++)
+        p[i] = start_cond_waiter();
+    ASSERT_OK(mp_cond_acquire(g_cond, 10));
+    ASSERT_OK(mp_cond_notify_all(g_cond));
+    ASSERT_OK(mp_cond_notify_all(g_cond)); /* no one left: nothing happens */
+    ASSERT_OK(mp_cond_release(g_cond));
+    for (int i = 0; i < N; i++)
+        join_code(p[i], 0);
+    ASSERT_EQ(*g_woken, N);
+    mp_cond_free(g_cond);
+    chans_close();
+}
+
+TEST(condition_notify_skips_later_waiters)
+{
+    chans_open();
+    ASSERT_OK(mp_cond_new(&g_cond, NULL));
+    ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
+    mp_process *a = start_cond_waiter();
+    ASSERT_OK(mp_cond_acquire(g_cond, 10));
+    ASSERT_OK(mp_cond_notify(g_cond, 1));
+    ASSERT_OK(mp_cond_release(g_cond));
+    /* b comes after the notify: it must not take a's wake-up. */
+    mp_process *b = start_cond_waiter();
+    ASSERT_EQ(t_recv(&woke, 10), mp_process_pid(a));
+    join_code(a, 0);
+    int v;
+    ASSERT_TRUE(!t_try_recv(&woke, 0.2, &v));
+    ASSERT_OK(mp_cond_acquire(g_cond, 10));
+    ASSERT_OK(mp_cond_notify(g_cond, 5)); /* more than wait: fine */
+    ASSERT_OK(mp_cond_release(g_cond));
+    join_code(b, 0);
+    ASSERT_EQ(*g_woken, 2);
+    mp_cond_free(g_cond);
+    chans_close();
+}
+
+TEST(condition_timed_out_waiter_takes_no_notify)
+{
+    chans_open();
+    ASSERT_OK(mp_cond_new(&g_cond, NULL));
+    ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
+    ASSERT_OK(mp_cond_acquire(g_cond, 0));
+    /* b queues up behind us while we wait, since our wait lets the lock go. */
+    mp_process *b = start(cond_waiter, NULL);
+    ASSERT_ERR(mp_cond_wait(g_cond, 1.0 * t_scale()), MP_ETIMEDOUT);
+    int v;
+    ASSERT_TRUE(t_try_recv(&to_parent, 0, &v)); /* b waits (it said so with the lock) */
+    ASSERT_EQ(v, mp_process_pid(b));
+    ASSERT_OK(mp_cond_notify(g_cond, 1)); /* ours left the queue: this one is b's */
+    ASSERT_OK(mp_cond_release(g_cond));
+    ASSERT_EQ(t_recv(&woke, 10), mp_process_pid(b));
+    join_code(b, 0);
+    mp_cond_free(g_cond);
+    chans_close();
+}
+
+TEST(condition_wait_timeout_on_time_and_relocked)
+{
+    mp_cond *c;
+    ASSERT_OK(mp_cond_new(&c, NULL));
+    ASSERT_OK(mp_cond_acquire(c, 0));
+    double t0 = t_now();
+    ASSERT_ERR(mp_cond_wait(c, TIMEOUT), MP_ETIMEDOUT);
+    assert_on_time(t0, TIMEOUT);
+    ASSERT_ERR(mp_cond_wait(c, 0), MP_ETIMEDOUT);
+    ASSERT_OK(mp_cond_release(c)); /* held again after the wait */
+    ASSERT_ERR(mp_cond_release(c), MP_EPERM);
+    mp_cond_free(c);
+}
+
+TEST(condition_without_the_lock_is_eperm)
+{
+    mp_cond *c;
+    ASSERT_OK(mp_cond_new(&c, NULL));
+    ASSERT_ERR(mp_cond_wait(c, 0), MP_EPERM);
+    ASSERT_ERR(mp_cond_notify(c, 1), MP_EPERM);
+    ASSERT_ERR(mp_cond_notify_all(c), MP_EPERM);
+    ASSERT_ERR(mp_cond_release(c), MP_EPERM);
+    mp_cond_free(c);
+}
+
+static mp_rlock *g_user_lock;
+
+/* Needs the lock fully released by the waiting parent to get it at all. */
+static int take_and_notify(void *arg)
+{
+    (void)arg;
+    if (mp_rlock_acquire(g_user_lock, 30) != 0)
+        return 1;
+    t_send(&to_parent, 0);
+    int r = mp_cond_notify(g_cond, 1);
+    mp_rlock_release(g_user_lock);
+    return r == 0 ? 0 : 2;
+}
+
+TEST(condition_wait_keeps_the_recursion_count)
+{
+    chans_open();
+    ASSERT_OK(mp_rlock_new(&g_user_lock));
+    ASSERT_OK(mp_cond_new(&g_cond, g_user_lock)); /* over the caller's RLock */
+    for (int i = 0; i < 3; i++)
+        ASSERT_OK(mp_cond_acquire(g_cond, 0));
+    mp_process *p = start(take_and_notify, NULL);
+    ASSERT_OK(mp_cond_wait(g_cond, 30));
+    ASSERT_EQ(t_recv(&to_parent, 10), 0);
+    join_code(p, 0);
+    for (int i = 0; i < 3; i++)
+        ASSERT_OK(mp_rlock_release(g_user_lock));
+    ASSERT_ERR(mp_rlock_release(g_user_lock), MP_EPERM);
+    ASSERT_TRUE(!mp_rlock_locked(g_user_lock));
+    mp_cond_free(g_cond);
+    ASSERT_OK(mp_rlock_acquire(g_user_lock, 0)); /* the caller's lock outlives it */
+    ASSERT_OK(mp_rlock_release(g_user_lock));
+    mp_rlock_free(g_user_lock);
+    chans_close();
+}
+
+/* ---- Barrier ------------------------------------------------------------- */
+
+enum { PARTIES = 4, BROUNDS = 10 };
+
+static mp_barrier *g_bar;
+static struct shared_bar {
+    int actions;      /* action calls */
+    pid_t action_pid; /* who ran the last one */
+} *g_sb;
+
+static int count_action(void *arg)
+{
+    (void)arg;
+    g_sb->actions++;
+    g_sb->action_pid = getpid();
+    return 0;
+}
+
+static int barrier_party(void *arg)
+{
+    (void)arg;
+    for (int r = 0; r < BROUNDS; r++) {
+        int i = mp_barrier_wait(g_bar, 30);
+        if (i < 0 || i >= PARTIES)
+            return 1;
+        if (g_sb->actions < r + 1) /* the action ran before anyone was released */
+            return 2;
+        if ((i == PARTIES - 1) != (g_sb->action_pid == getpid() && g_sb->actions == r + 1))
+            return 3; /* the last to arrive ran it */
+        t_send(&to_parent, r * 16 + i);
+    }
+    return 0;
+}
+
+TEST(barrier_indices_and_action_every_round)
+{
+    chans_open();
+    ASSERT_TRUE((g_sb = mp_shared_calloc(1, sizeof *g_sb)) != NULL);
+    ASSERT_OK(mp_barrier_new(&g_bar, PARTIES, count_action, NULL));
+    ASSERT_EQ(mp_barrier_parties(g_bar), PARTIES);
+    ASSERT_EQ(mp_barrier_n_waiting(g_bar), 0);
+    mp_process *p[PARTIES];
+    for (int i = 0; i < PARTIES; i++)
+        p[i] = start(barrier_party, NULL);
+    int seen[BROUNDS] = {0};
+    for (int k = 0; k < PARTIES * BROUNDS; k++) {
+        int v = t_recv(&to_parent, 30);
+        int r = v / 16, i = v % 16;
+        ASSERT_TRUE(r >= 0 && r < BROUNDS && i < PARTIES);
+        ASSERT_TRUE(!(seen[r] & 1 << i)); /* each index once per round */
+        seen[r] |= 1 << i;
+    }
+    for (int r = 0; r < BROUNDS; r++)
+        ASSERT_EQ(seen[r], (1 << PARTIES) - 1);
+    for (int i = 0; i < PARTIES; i++)
+        join_code(p[i], 0);
+    ASSERT_EQ(g_sb->actions, BROUNDS);
+    ASSERT_TRUE(!mp_barrier_broken(g_bar));
+    mp_barrier_free(g_bar);
+    chans_close();
+}
+
+static int fail_action(void *arg)
+{
+    (void)arg;
+    return 1;
+}
+
+static int barrier_expect(void *arg)
+{
+    int want = *(int *)arg;
+    return mp_barrier_wait(g_bar, 30) == want ? 0 : 1;
+}
+
+TEST(barrier_failed_action_breaks_it)
+{
+    ASSERT_OK(mp_barrier_new(&g_bar, 2, fail_action, NULL));
+    int broken = MP_EBROKEN;
+    mp_process *p = start(barrier_expect, &broken);
+    ASSERT_ERR(mp_barrier_wait(g_bar, 30), MP_EBROKEN);
+    join_code(p, 0);
+    ASSERT_TRUE(mp_barrier_broken(g_bar));
+    ASSERT_ERR(mp_barrier_wait(g_bar, 0), MP_EBROKEN);
+    mp_barrier_free(g_bar);
+}
+
+TEST(barrier_timeout_breaks_it)
+{
+    ASSERT_OK(mp_barrier_new(&g_bar, 3, NULL, NULL));
+    int broken = MP_EBROKEN;
+    mp_process *p = start(barrier_expect, &broken);
+    await_n_waiting(g_bar, 1);
+    double t0 = t_now();
+    ASSERT_ERR(mp_barrier_wait(g_bar, TIMEOUT), MP_ETIMEDOUT);
+    assert_on_time(t0, TIMEOUT);
+    join_code(p, 0); /* the other party: MP_EBROKEN */
+    ASSERT_TRUE(mp_barrier_broken(g_bar));
+    ASSERT_EQ(mp_barrier_n_waiting(g_bar), 0);
+    mp_barrier_free(g_bar);
+}
+
+TEST(barrier_abort_and_reset)
+{
+    ASSERT_OK(mp_barrier_new(&g_bar, 2, NULL, NULL));
+    int broken = MP_EBROKEN, zero = 0;
+    mp_process *p = start(barrier_expect, &broken);
+    await_n_waiting(g_bar, 1);
+    ASSERT_OK(mp_barrier_abort(g_bar));
+    join_code(p, 0);
+    ASSERT_TRUE(mp_barrier_broken(g_bar));
+    ASSERT_ERR(mp_barrier_wait(g_bar, 10), MP_EBROKEN);
+    ASSERT_OK(mp_barrier_reset(g_bar));
+    ASSERT_TRUE(!mp_barrier_broken(g_bar));
+
+    /* Usable again; and a reset wakes a waiting party with MP_EBROKEN. */
+    p = start(barrier_expect, &broken);
+    await_n_waiting(g_bar, 1);
+    ASSERT_OK(mp_barrier_reset(g_bar));
+    join_code(p, 0);
+    ASSERT_TRUE(!mp_barrier_broken(g_bar));
+    p = start(barrier_expect, &zero); /* first to arrive: index 0 */
+    await_n_waiting(g_bar, 1);
+    ASSERT_EQ(mp_barrier_wait(g_bar, 10), 1);
+    join_code(p, 0);
+    mp_barrier_free(g_bar);
+}
+
+static int barrier_hang(void *arg)
+{
+    (void)arg;
+    mp_barrier_wait(g_bar, MP_FOREVER);
+    return 1;
+}
+
+TEST(barrier_party_killed_breaks_it)
+{
+    ASSERT_OK(mp_barrier_new(&g_bar, 3, NULL, NULL));
+    int broken = MP_EBROKEN;
+    mp_process *victim = start(barrier_hang, NULL);
+    await_n_waiting(g_bar, 1);
+    mp_process *other = start(barrier_expect, &broken);
+    await_n_waiting(g_bar, 2);
+    ASSERT_OK(mp_process_kill(victim));
+    double t0 = t_now();
+    ASSERT_OK(mp_process_join(other, 10 * t_scale()));
+    ASSERT_LT((t_now() - t0) * 1e3, 2000 * t_scale());
+    ASSERT_EQ(mp_process_exitcode(other), 0);
+    mp_process_free(other);
+    join_code(victim, -SIGKILL);
+    ASSERT_TRUE(mp_barrier_broken(g_bar));
+    ASSERT_OK(mp_barrier_reset(g_bar));
+    ASSERT_EQ(mp_barrier_n_waiting(g_bar), 0);
+    mp_barrier_free(g_bar);
+}
+
+/* ---- mp_interrupt -------------------------------------------------------- */
+
+enum { W_LOCK, W_RLOCK, W_SEM, W_EVENT, W_COND, W_BARRIER };
+
+static struct {
+    mp_lock *lock;
+    mp_rlock *rlock;
+    mp_sem *sem;
+    mp_event *event;
+    mp_cond *cond;
+    mp_barrier *barrier;
+    _Atomic pid_t tid;
+} iw;
+
+static void *blocked_call(void *arg)
+{
+    int kind = (int)(intptr_t)arg, r;
+    iw.tid = gettid();
+    switch (kind) {
+    case W_LOCK: r = mp_lock_acquire(iw.lock, MP_FOREVER); break;
+    case W_RLOCK: r = mp_rlock_acquire(iw.rlock, MP_FOREVER); break;
+    case W_SEM: r = mp_sem_acquire(iw.sem, MP_FOREVER); break;
+    case W_EVENT: r = mp_event_wait(iw.event, MP_FOREVER); break;
+    case W_COND:
+        r = mp_cond_acquire(iw.cond, 0);
+        if (r == 0) {
+            r = mp_cond_wait(iw.cond, MP_FOREVER);
+            if (mp_cond_release(iw.cond) != 0) /* re-acquired even so */
+                r = 1;
+        }
+        break;
+    default: r = mp_barrier_wait(iw.barrier, MP_FOREVER); break;
+    }
+    return (void *)(intptr_t)r;
+}
+
+static void interrupt_wakes(int kind)
+{
+    ASSERT_OK(mp_lock_new(&iw.lock));
+    ASSERT_OK(mp_rlock_new(&iw.rlock));
+    ASSERT_OK(mp_sem_new(&iw.sem, 0, 0));
+    ASSERT_OK(mp_event_new(&iw.event));
+    ASSERT_OK(mp_cond_new(&iw.cond, NULL));
+    ASSERT_OK(mp_barrier_new(&iw.barrier, 2, NULL, NULL));
+    ASSERT_OK(mp_lock_acquire(iw.lock, 0));
+    ASSERT_OK(mp_rlock_acquire(iw.rlock, 0));
+    iw.tid = 0;
+    pthread_t t = thread(blocked_call, (void *)(intptr_t)kind);
+    double end = t_now() + 10 * t_scale();
+    while (!iw.tid && t_now() < end)
+        sched_yield();
+    await_sleeping(iw.tid);
+    double t0 = t_now();
+    mp_interrupt();
+    ASSERT_ERR(join_thread(t), MP_EINTR);
+    ASSERT_LT((t_now() - t0) * 1e3, 1000 * t_scale()); /* the promise is 50 ms */
+    /* Consumed: the next call is not interrupted. */
+    ASSERT_OK(mp_sem_release(iw.sem));
+    ASSERT_OK(mp_sem_acquire(iw.sem, 0));
+    if (kind == W_BARRIER)
+        ASSERT_TRUE(mp_barrier_broken(iw.barrier)); /* the others must not wait for it */
+    ASSERT_OK(mp_lock_release(iw.lock));
+    ASSERT_OK(mp_rlock_release(iw.rlock));
+    mp_lock_free(iw.lock);
+    mp_rlock_free(iw.rlock);
+    mp_sem_free(iw.sem);
+    mp_event_free(iw.event);
+    mp_cond_free(iw.cond);
+    mp_barrier_free(iw.barrier);
+}
+
+TEST(interrupt_wakes_lock_acquire) { interrupt_wakes(W_LOCK); }
+TEST(interrupt_wakes_rlock_acquire) { interrupt_wakes(W_RLOCK); }
+TEST(interrupt_wakes_sem_acquire) { interrupt_wakes(W_SEM); }
+TEST(interrupt_wakes_event_wait) { interrupt_wakes(W_EVENT); }
+TEST(interrupt_wakes_cond_wait) { interrupt_wakes(W_COND); }
+TEST(interrupt_wakes_barrier_wait) { interrupt_wakes(W_BARRIER); }
+
+TEST(pending_interrupt_fails_the_next_call_at_once)
+{
+    mp_lock *l;
+    ASSERT_OK(mp_lock_new(&l));
+    mp_interrupt();
+    ASSERT_ERR(mp_lock_acquire(l, MP_FOREVER), MP_EINTR); /* even a free lock */
+    ASSERT_OK(mp_lock_acquire(l, MP_FOREVER));
+    ASSERT_OK(mp_lock_release(l));
+    mp_lock_free(l);
+}
+
+/* ---- bad input ---------------------------------------------------------- */
+
+TEST(bad_input_is_einval)
+{
+    ASSERT_ERR(mp_lock_new(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_rlock_new(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_sem_new(NULL, 0, 0), MP_EINVAL);
+    ASSERT_ERR(mp_event_new(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_cond_new(NULL, NULL), MP_EINVAL);
+    ASSERT_ERR(mp_barrier_new(NULL, 1, NULL, NULL), MP_EINVAL);
+
+    ASSERT_ERR(mp_lock_acquire(NULL, 0), MP_EINVAL);
+    ASSERT_ERR(mp_lock_release(NULL), MP_EINVAL);
+    ASSERT_TRUE(!mp_lock_locked(NULL));
+    ASSERT_ERR(mp_rlock_acquire(NULL, 0), MP_EINVAL);
+    ASSERT_ERR(mp_rlock_release(NULL), MP_EINVAL);
+    ASSERT_TRUE(!mp_rlock_locked(NULL));
+    ASSERT_ERR(mp_sem_acquire(NULL, 0), MP_EINVAL);
+    ASSERT_ERR(mp_sem_release(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_sem_value(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_event_set(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_event_clear(NULL), MP_EINVAL);
+    ASSERT_TRUE(!mp_event_is_set(NULL));
+    ASSERT_ERR(mp_event_wait(NULL, 0), MP_EINVAL);
+    ASSERT_ERR(mp_cond_acquire(NULL, 0), MP_EINVAL);
+    ASSERT_ERR(mp_cond_release(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_cond_wait(NULL, 0), MP_EINVAL);
+    ASSERT_ERR(mp_cond_notify(NULL, 1), MP_EINVAL);
+    ASSERT_ERR(mp_cond_notify_all(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_barrier_wait(NULL, 0), MP_EINVAL);
+    ASSERT_ERR(mp_barrier_abort(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_barrier_reset(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_barrier_parties(NULL), MP_EINVAL);
+    ASSERT_ERR(mp_barrier_n_waiting(NULL), MP_EINVAL);
+    ASSERT_TRUE(!mp_barrier_broken(NULL));
+    mp_lock_free(NULL);
+    mp_rlock_free(NULL);
+    mp_sem_free(NULL);
+    mp_event_free(NULL);
+    mp_cond_free(NULL);
+    mp_barrier_free(NULL);
+
+    mp_sem *s;
+    ASSERT_ERR(mp_sem_new(&s, 2, 1), MP_EINVAL); /* value past max */
+    ASSERT_ERR(mp_sem_new(&s, (unsigned)INT_MAX + 1, 0), MP_EINVAL);
+    mp_barrier *b;
+    ASSERT_ERR(mp_barrier_new(&b, 0, NULL, NULL), MP_EINVAL);
+
+    /* NaN timeouts, on objects that would otherwise answer at once. */
+    mp_lock *l;
+    mp_rlock *rl;
+    mp_event *e;
+    mp_cond *c;
+    ASSERT_OK(mp_lock_new(&l));
+    ASSERT_OK(mp_rlock_new(&rl));
+    ASSERT_OK(mp_sem_new(&s, 1, 0));
+    ASSERT_OK(mp_event_new(&e));
+    ASSERT_OK(mp_cond_new(&c, NULL));
+    ASSERT_OK(mp_barrier_new(&b, 1, NULL, NULL));
+    ASSERT_OK(mp_event_set(e));
+    ASSERT_ERR(mp_lock_acquire(l, NAN), MP_EINVAL);
+    ASSERT_ERR(mp_rlock_acquire(rl, NAN), MP_EINVAL);
+    ASSERT_ERR(mp_sem_acquire(s, NAN), MP_EINVAL);
+    ASSERT_ERR(mp_event_wait(e, NAN), MP_EINVAL);
+    ASSERT_ERR(mp_cond_acquire(c, NAN), MP_EINVAL);
+    ASSERT_OK(mp_cond_acquire(c, 0));
+    ASSERT_ERR(mp_cond_wait(c, NAN), MP_EINVAL);
+    ASSERT_OK(mp_cond_release(c));
+    ASSERT_ERR(mp_barrier_wait(b, NAN), MP_EINVAL);
+    ASSERT_TRUE(!mp_lock_locked(l));
+    ASSERT_EQ(mp_sem_value(s), 1);
+    ASSERT_EQ(mp_barrier_wait(b, 0), 0); /* a party of one passes at once */
+    mp_lock_free(l);
+    mp_rlock_free(rl);
+    mp_sem_free(s);
+    mp_event_free(e);
+    mp_cond_free(c);
+    mp_barrier_free(b);
+}
