@@ -1,6 +1,8 @@
 /* CPU counts, read live. */
 #include "os.h"
 
+#include <stdatomic.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -9,10 +11,50 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Counts the CPUs in a kernel CPU list such as "0-3,8,10-11\n". */
+static int count_list(const char *s)
+{
+    int n = 0;
+    while (*s >= '0' && *s <= '9') {
+        char *end;
+        long a = strtol(s, &end, 10), b = a;
+        if (*end == '-')
+            b = strtol(end + 1, &end, 10);
+        if (b >= a)
+            n += (int)(b - a + 1);
+        s = *end == ',' ? end + 1 : end;
+    }
+    return n;
+}
+
+/* The online list is re-read at every call, through a descriptor opened once:
+ * a sysfs file regenerates its text on each read from offset 0, so the count
+ * stays live while the open() and close() of every sysconf() call go. */
+static atomic_int online_fd = -1;
+
 int mp__cpu_online(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : (int)n;
+    int fd = atomic_load_explicit(&online_fd, memory_order_acquire);
+    if (fd < 0) {
+        fd = open("/sys/devices/system/cpu/online", O_RDONLY | O_CLOEXEC);
+        int none = -1;
+        if (fd >= 0 && !atomic_compare_exchange_strong(&online_fd, &none, fd)) {
+            mp__close(fd); /* another thread won */
+            fd = none;
+        }
+    }
+    char buf[256];
+    ssize_t len = fd >= 0 ? pread(fd, buf, sizeof buf - 1, 0) : -1;
+    int n = 0;
+    if (len > 0) {
+        buf[len] = '\0';
+        n = count_list(buf);
+    }
+    if (n < 1) {
+        long s = sysconf(_SC_NPROCESSORS_ONLN);
+        n = s < 1 ? 1 : (int)s;
+    }
+    return n;
 }
 
 static int affinity_count(void)
