@@ -54,6 +54,28 @@ double t_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+mp_process *t_start(mp_target fn, void *arg, const mp_process_opts *o)
+{
+    mp_process *p;
+    int r = mp_process_new(&p, fn, arg, o);
+    if (r == 0 && (r = mp_process_start(p)) != 0)
+        mp_process_free(p);
+    if (r)
+        T_FAIL("starting a process: %s (%s)", mp_err_name(r), mp_strerror(r));
+    return p;
+}
+
+void t_join(mp_process *p, int code)
+{
+    int r = mp_process_join(p, 60 * t_scale());
+    if (r)
+        T_FAIL("joining %s: %s (%s)", mp_process_name(p), mp_err_name(r), mp_strerror(r));
+    int got = mp_process_exitcode(p);
+    if (got != code)
+        T_FAIL("%s exited with %d, want %d", mp_process_name(p), got, code);
+    mp_process_free(p);
+}
+
 t_chan t_chan_new(void)
 {
     int fds[2];

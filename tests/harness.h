@@ -87,6 +87,11 @@ __attribute__((noreturn, format(printf, 3, 4))) void t_fail(const char *file, in
 double t_scale(void);
 double t_now(void); /* CLOCK_MONOTONIC seconds */
 
+/* mp_process_new + mp_process_start, or fail the case. o may be NULL. */
+mp_process *t_start(mp_target fn, void *arg, const mp_process_opts *o);
+/* Joins p (60 s, scaled), checks its exit code, frees it; or fails the case. */
+void t_join(mp_process *p, int code);
+
 /* A one-way channel of ints between processes: a close-on-exec pipe. */
 typedef struct t_chan { int r, w; } t_chan;
 t_chan t_chan_new(void);

@@ -36,20 +36,7 @@ static void chans_close(void)
     t_chan_close(&to_parent);
 }
 
-static mp_process *start(mp_target fn, void *arg)
-{
-    mp_process *p;
-    ASSERT_OK(mp_process_new(&p, fn, arg, NULL));
-    ASSERT_OK(mp_process_start(p));
-    return p;
-}
 
-static void join_code(mp_process *p, int code)
-{
-    ASSERT_OK(mp_process_join(p, 60 * t_scale()));
-    ASSERT_EQ(mp_process_exitcode(p), code);
-    mp_process_free(p);
-}
 
 /* Pointers cross a t_chan as two ints. */
 static void send_ptr(t_chan *c, const void *p)
@@ -114,7 +101,7 @@ static int reexec_main(void *arg)
 
 static int reexec(struct reexec r)
 {
-    mp_process *p = start(reexec_main, &r);
+    mp_process *p = t_start(reexec_main, &r, NULL);
     ASSERT_OK(mp_process_join(p, 60 * t_scale()));
     int code = mp_process_exitcode(p);
     mp_process_free(p);
@@ -155,14 +142,14 @@ static int read_by_pointer(void *arg)
 TEST(block_allocated_later_is_seen_by_running_process)
 {
     chans_open();
-    mp_process *p = start(read_by_pointer, NULL);
+    mp_process *p = t_start(read_by_pointer, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 1); /* it runs: now allocate */
     int *b = mp_shared_alloc(1024 * sizeof(int));
     ASSERT_TRUE(b != NULL);
     b[0] = 42;
     b[1023] = 43;
     send_ptr(&to_child, b);
-    join_code(p, 0);
+    t_join(p, 0);
     ASSERT_EQ(b[1], 7);
     mp_shared_free(b);
     chans_close();
@@ -302,13 +289,13 @@ TEST(usage_counts_exactly)
 
     /* Family-wide: another process's blocks count too. */
     chans_open();
-    mp_process *k = start(hold_1000, NULL);
+    mp_process *k = t_start(hold_1000, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 1);
     ASSERT_EQ(mp_shared_usage(), u + 1024);
     t_send(&to_child, 0);
     ASSERT_EQ(t_recv(&to_parent, 10), 2);
     ASSERT_EQ(mp_shared_usage(), u);
-    join_code(k, 0);
+    t_join(k, 0);
     ASSERT_EQ(mp_shared_usage(), u);
     chans_close();
 }
@@ -378,9 +365,9 @@ TEST(stress_two_processes_two_threads)
     size_t u1 = mp_shared_usage();
     mp_process *p[2];
     for (uintptr_t i = 0; i < 2; i++)
-        p[i] = start(stress_process, (void *)(i + 1));
+        p[i] = t_start(stress_process, (void *)(i + 1), NULL);
     for (int i = 0; i < 2; i++)
-        join_code(p[i], 0);
+        t_join(p[i], 0);
     for (int k = 0; k < STRESS_SLOTS; k++) {
         uintptr_t b = atomic_exchange(&g_slots[k], 0);
         if (b)
@@ -443,11 +430,11 @@ TEST(caches_go_back_at_thread_and_process_exit)
         mp_shared_free(mine[i]);
 
     chans_open();
-    mp_process *p = start(child_alloc_free_96, NULL);
+    mp_process *p = t_start(child_alloc_free_96, NULL, NULL);
     void *theirs[CACHED];
     for (int i = 0; i < CACHED; i++)
         theirs[i] = recv_ptr(&to_parent);
-    join_code(p, 0);
+    t_join(p, 0);
     for (int i = 0; i < CACHED; i++) {
         ASSERT_TRUE((mine[i] = mp_shared_alloc(96)) != NULL);
         ASSERT_TRUE(in(mine[i], theirs, CACHED));
@@ -479,7 +466,7 @@ TEST(fork_never_hands_a_block_out_twice)
     for (int i = 0; i < CACHED; i++)
         mp_shared_free(b[i]);
     chans_open();
-    mp_process *p = start(child_takes_blocks, NULL);
+    mp_process *p = t_start(child_takes_blocks, NULL, NULL);
     void *theirs[2 * CACHED];
     for (int i = 0; i < 2 * CACHED; i++)
         theirs[i] = recv_ptr(&to_parent);
@@ -491,7 +478,7 @@ TEST(fork_never_hands_a_block_out_twice)
     for (int i = 0; i < 2 * CACHED; i++)
         ASSERT_EQ(*(unsigned *)theirs[i], mp_process_pid(p));
     t_send(&to_child, 0);
-    join_code(p, 0);
+    t_join(p, 0);
     chans_close();
 }
 
@@ -721,17 +708,17 @@ static int alloc_when_told(void *arg)
 TEST(killed_lock_holder_does_not_wedge_the_others)
 {
     chans_open();
-    mp_process *waiter = start(alloc_when_told, NULL); /* forks need the lock: start it first */
-    mp_process *holder = start(hold_the_lock, NULL);
+    mp_process *waiter = t_start(alloc_when_told, NULL, NULL); /* forks need the lock: start it first */
+    mp_process *holder = t_start(hold_the_lock, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 1);
     t_send(&to_child, 0);
     ASSERT_EQ(t_recv(&to_parent, 10), 2); /* it is allocating, or about to */
     ASSERT_OK(mp_process_kill(holder));
-    join_code(holder, -9);
+    t_join(holder, -9);
     double t0 = t_now();
     ASSERT_EQ(t_recv(&to_parent, 10), 3);
     ASSERT_LT(t_now() - t0, 2.0 * t_scale());
-    join_code(waiter, 0);
+    t_join(waiter, 0);
     ASSERT_EQ(mp__arena_recoveries(), 1);
     void *p = mp_shared_alloc(MiB);
     ASSERT_TRUE(p != NULL);
@@ -773,7 +760,7 @@ static void kill_inside(mp_process *p)
     while (mp__arena_lock_owner() != mp_process_pid(p) && t_now() < end)
         ;
     ASSERT_OK(mp_process_kill(p));
-    join_code(p, -9);
+    t_join(p, -9);
 }
 
 TEST(killed_at_any_instant_leaves_the_arena_valid)
@@ -781,7 +768,7 @@ TEST(killed_at_any_instant_leaves_the_arena_valid)
     enum { ROUNDS = 10 };
     chans_open();
     for (int round = 0; round < ROUNDS; round++) {
-        mp_process *a = start(churn, NULL), *b = start(churn, NULL);
+        mp_process *a = t_start(churn, NULL, NULL), *b = t_start(churn, NULL, NULL);
         ASSERT_EQ(t_recv(&to_parent, 10), 1);
         ASSERT_EQ(t_recv(&to_parent, 10), 1);
         kill_inside(a); /* b goes on, and may inherit a's lock */
@@ -813,7 +800,7 @@ static int wait_for_order(void *arg)
 TEST(allocation_does_not_swallow_an_interrupt)
 {
     chans_open();
-    mp_process *p = start(wait_for_order, NULL);
+    mp_process *p = t_start(wait_for_order, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 1);
     mp_interrupt();
     void *big = mp_shared_alloc(MiB), *small = mp_shared_alloc(200); /* both take the lock */
@@ -822,7 +809,7 @@ TEST(allocation_does_not_swallow_an_interrupt)
     mp_shared_free(small);
     ASSERT_ERR(mp_process_join(p, 10), MP_EINTR); /* still pending for the next blocking call */
     t_send(&to_child, 0);
-    join_code(p, 0);
+    t_join(p, 0);
     chans_close();
 }
 
@@ -861,7 +848,7 @@ TEST(nothing_appears_in_dev_shm)
     void *p = mp_shared_alloc(MiB), *q = mp_shared_alloc(64);
     ASSERT_TRUE(p && q);
     ASSERT_EQ(check_maps("self"), 0);
-    join_code(start(child_maps, NULL), 0);
+    t_join(t_start(child_maps, NULL, NULL), 0);
     DIR *d = opendir("/dev/shm");
     if (d) {
         struct dirent *e;

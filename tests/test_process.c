@@ -52,20 +52,13 @@ static int sleep_forever(void *arg)
     return 0;
 }
 
-static mp_process *start(mp_target fn, void *arg, const mp_process_opts *o)
-{
-    mp_process *p;
-    ASSERT_OK(mp_process_new(&p, fn, arg, o));
-    ASSERT_OK(mp_process_start(p));
-    return p;
-}
 
 /* ---- basics ------------------------------------------------------------- */
 
 TEST(exitcode_of_target)
 {
     int v = 7;
-    mp_process *p = start(ret_int, &v, NULL);
+    mp_process *p = t_start(ret_int, &v, NULL);
     ASSERT_OK(mp_process_join(p, 10));
     ASSERT_EQ(mp_process_exitcode(p), 7);
     ASSERT_TRUE(!mp_process_is_alive(p));
@@ -88,7 +81,7 @@ TEST(arg_is_copied_with_arg_size)
 TEST(killed_child_reports_minus_signal)
 {
     chans_open();
-    mp_process *p = start(sleep_forever, NULL, NULL);
+    mp_process *p = t_start(sleep_forever, NULL, NULL);
     t_recv(&to_parent, 10);
     ASSERT_TRUE(mp_process_is_alive(p));
     ASSERT_EQ(mp_process_exitcode(p), MP_EXIT_NONE);
@@ -98,7 +91,7 @@ TEST(killed_child_reports_minus_signal)
     ASSERT_OK(mp_process_kill(p)); /* already ended: nothing to do */
     mp_process_free(p);
 
-    p = start(sleep_forever, NULL, NULL);
+    p = t_start(sleep_forever, NULL, NULL);
     t_recv(&to_parent, 10);
     ASSERT_OK(mp_process_terminate(p));
     ASSERT_OK(mp_process_join(p, 10));
@@ -111,7 +104,7 @@ TEST(killed_child_reports_minus_signal)
 TEST(join_timeout_returns_on_time)
 {
     chans_open();
-    mp_process *p = start(wait_for_order, NULL, NULL);
+    mp_process *p = t_start(wait_for_order, NULL, NULL);
     t_recv(&to_parent, 10);
     double t0 = t_now();
     ASSERT_ERR(mp_process_join(p, 0.2), MP_ETIMEDOUT);
@@ -131,7 +124,7 @@ TEST(join_timeout_returns_on_time)
 TEST(sentinel_readable_at_exit)
 {
     chans_open();
-    mp_process *p = start(wait_for_order, NULL, NULL);
+    mp_process *p = t_start(wait_for_order, NULL, NULL);
     t_recv(&to_parent, 10);
     int fd = mp_process_sentinel(p);
     ASSERT_GE(fd, 0);
@@ -227,7 +220,7 @@ static int start_grandchild(void *arg)
 TEST(nested_processes)
 {
     chans_open();
-    mp_process *p = start(start_grandchild, NULL, NULL);
+    mp_process *p = t_start(start_grandchild, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), mp_process_pid(p)); /* grandchild's parent */
     t_recv(&to_parent, 10);
     char name[64], want[80];
@@ -262,9 +255,9 @@ static int poke_sibling(void *arg)
 TEST(handles_belong_to_their_parent)
 {
     chans_open();
-    sibling = start(wait_for_order, NULL, NULL);
+    sibling = t_start(wait_for_order, NULL, NULL);
     t_recv(&to_parent, 10);
-    mp_process *p = start(poke_sibling, NULL, NULL);
+    mp_process *p = t_start(poke_sibling, NULL, NULL);
     ASSERT_OK(mp_process_join(p, 10));
     ASSERT_EQ(mp_process_exitcode(p), 0);
     ASSERT_TRUE(mp_process_is_alive(sibling));
@@ -291,7 +284,7 @@ static int daemon_starts_child(void *arg)
 
 TEST(daemon_may_not_start_children)
 {
-    mp_process *p = start(daemon_starts_child, NULL, &(mp_process_opts){.daemon = true});
+    mp_process *p = t_start(daemon_starts_child, NULL, &(mp_process_opts){.daemon = true});
     ASSERT_OK(mp_process_join(p, 10));
     ASSERT_EQ(mp_process_exitcode(p), 0);
     mp_process_free(p);
@@ -320,7 +313,7 @@ static void exit_semantics(int use_exit)
 {
     chans_open();
     to_middle = t_chan_new();
-    mp_process *m = start(middle, &use_exit, &(mp_process_opts){.arg_size = sizeof use_exit});
+    mp_process *m = t_start(middle, &use_exit, &(mp_process_opts){.arg_size = sizeof use_exit});
     pid_t a = t_recv(&to_parent, 10), b = t_recv(&to_parent, 10);
     t_send(&to_middle, 0);
     /* The daemon ends (SIGTERM) while the middle still waits for the other. */
@@ -378,7 +371,7 @@ static int family_head(void *arg)
 TEST(sigkilled_parent_takes_its_children)
 {
     chans_open();
-    mp_process *h = start(family_head, NULL, NULL);
+    mp_process *h = t_start(family_head, NULL, NULL);
     /* Three pids and the head's 0, in whatever order they come. */
     pid_t kids[3];
     int nk = 0;
@@ -428,13 +421,13 @@ TEST(many_processes_leave_no_zombie_and_no_fd)
     /* One start first: the family pipe and a wait slot's eventfd are made
      * once and kept; after that the count must not move. */
     int zero = 0;
-    mp_process *w = start(ret_int, &zero, NULL);
+    mp_process *w = t_start(ret_int, &zero, NULL);
     ASSERT_OK(mp_process_join(w, 10));
     mp_process_free(w);
     int before = t_count_fds();
     for (int i = 0; i < 200; i++) {
         int v = i & 0x7f;
-        mp_process *p = start(ret_int, &v, NULL);
+        mp_process *p = t_start(ret_int, &v, NULL);
         ASSERT_OK(mp_process_join(p, 10));
         ASSERT_EQ(mp_process_exitcode(p), v);
         mp_process_free(p);
@@ -447,7 +440,7 @@ TEST(many_processes_leave_no_zombie_and_no_fd)
 TEST(freed_running_process_is_reaped)
 {
     chans_open();
-    mp_process *p = start(wait_for_order, NULL, NULL);
+    mp_process *p = t_start(wait_for_order, NULL, NULL);
     pid_t pid = t_recv(&to_parent, 10);
     mp_process_free(p); /* detached, still running */
     ASSERT_TRUE(t_pid_alive(pid));
@@ -508,9 +501,9 @@ TEST(every_fd_is_cloexec)
 {
     note_inherited();
     chans_open();
-    mp_process *held = start(wait_for_order, NULL, NULL);
+    mp_process *held = t_start(wait_for_order, NULL, NULL);
     t_recv(&to_parent, 10);
-    mp_process *p = start(check_cloexec, NULL, NULL);
+    mp_process *p = t_start(check_cloexec, NULL, NULL);
     ASSERT_OK(mp_process_join(p, 10));
     ASSERT_EQ(mp_process_exitcode(p), 0);
     ASSERT_TRUE(all_cloexec());
@@ -540,7 +533,7 @@ TEST(stdio_flushed_before_fork_and_at_child_exit)
     dup2(fds[1], 1);
     setvbuf(stdout, NULL, _IOFBF, 4096);
     printf("parent\n"); /* sits in the buffer at fork time */
-    mp_process *p = start(print_child, NULL, NULL);
+    mp_process *p = t_start(print_child, NULL, NULL);
     ASSERT_OK(mp_process_join(p, 10));
     fflush(stdout);
     dup2(saved, 1);
@@ -567,7 +560,7 @@ TEST(parent_atexit_handlers_do_not_run_in_child)
 {
     atexit_chan = t_chan_new();
     atexit(parent_atexit);
-    mp_process *p = start(plain_return, NULL, NULL);
+    mp_process *p = t_start(plain_return, NULL, NULL);
     ASSERT_OK(mp_process_join(p, 10));
     int v;
     ASSERT_TRUE(!t_try_recv(&atexit_chan, 0.05, &v));
@@ -701,7 +694,7 @@ static void *interrupt_later(void *arg)
 TEST(interrupt_wakes_a_blocked_join)
 {
     chans_open();
-    mp_process *p = start(wait_for_order, NULL, NULL);
+    mp_process *p = t_start(wait_for_order, NULL, NULL);
     t_recv(&to_parent, 10);
     t_chan go = t_chan_new();
     pthread_t th;
@@ -745,7 +738,7 @@ TEST(interrupt_from_signal_handler_wakes_every_waiter)
     chans_open();
     struct sigaction sa = {.sa_handler = on_usr1};
     sigaction(SIGUSR1, &sa, NULL);
-    mp_process *p = start(wait_for_order, NULL, NULL);
+    mp_process *p = t_start(wait_for_order, NULL, NULL);
     t_recv(&to_parent, 10);
     enum { N = 3 };
     struct joiner j[N];
@@ -778,7 +771,7 @@ TEST(active_children)
     ASSERT_EQ(mp_active_children(NULL, 0), 0);
     mp_process *p[3];
     for (int i = 0; i < 3; i++) {
-        p[i] = start(wait_for_order, NULL, NULL);
+        p[i] = t_start(wait_for_order, NULL, NULL);
         t_recv(&to_parent, 10);
     }
     mp_process *out[3] = {0};
@@ -853,7 +846,7 @@ TEST(cpu_counts)
     int usable = mp_process_cpu_count();
     ASSERT_GE(usable, 1);
     ASSERT_LE(usable, CPU_COUNT(&set));
-    mp_process *p = start(report_cpus, NULL, NULL); /* read live: affinity of 1 */
+    mp_process *p = t_start(report_cpus, NULL, NULL); /* read live: affinity of 1 */
     ASSERT_OK(mp_process_join(p, 10));
     ASSERT_EQ(mp_process_exitcode(p), 1);
     mp_process_free(p);

@@ -14,21 +14,7 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static mp_process *start(mp_target fn, void *arg)
-{
-    mp_process *p;
-    ASSERT_OK(mp_process_new(&p, fn, arg, NULL));
-    ASSERT_OK(mp_process_start(p));
-    return p;
-}
 
-/* Joins p, checks its exit code, frees it. */
-static void join_code(mp_process *p, int code)
-{
-    ASSERT_OK(mp_process_join(p, 30 * t_scale()));
-    ASSERT_EQ(mp_process_exitcode(p), code);
-    mp_process_free(p);
-}
 
 static pthread_t thread(void *(*fn)(void *), void *arg)
 {
@@ -177,9 +163,9 @@ static void count_exactly(int kind)
     }
     mp_process *p[WORKERS];
     for (int i = 0; i < WORKERS; i++)
-        p[i] = start(count_worker, NULL);
+        p[i] = t_start(count_worker, NULL, NULL);
     for (int i = 0; i < WORKERS; i++)
-        join_code(p[i], 0);
+        t_join(p[i], 0);
     ASSERT_EQ(*cnt.counter, WORKERS * ROUNDS);
     switch (kind) {
     case K_LOCK: ASSERT_TRUE(!mp_lock_locked(cnt.lock)); break;
@@ -219,7 +205,7 @@ TEST(lock_basics_and_release_by_another_process)
     ASSERT_OK(mp_lock_acquire(g_lock, MP_FOREVER));
     ASSERT_TRUE(mp_lock_locked(g_lock));
     ASSERT_ERR(mp_lock_acquire(g_lock, 0), MP_ETIMEDOUT); /* not recursive */
-    join_code(start(release_g_lock, NULL), 0);            /* anyone may release */
+    t_join(t_start(release_g_lock, NULL, NULL), 0);            /* anyone may release */
     ASSERT_TRUE(!mp_lock_locked(g_lock));
     ASSERT_OK(mp_lock_acquire(g_lock, 0));
     ASSERT_OK(mp_lock_release(g_lock));
@@ -253,12 +239,12 @@ TEST(lock_holder_killed_next_gets_ownerdead)
 {
     chans_open();
     ASSERT_OK(mp_lock_new(&g_lock));
-    mp_process *p = start(hold_and_hang, NULL);
+    mp_process *p = t_start(hold_and_hang, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 0);
     ASSERT_TRUE(mp_lock_locked(g_lock));
     ASSERT_ERR(mp_lock_acquire(g_lock, 0), MP_ETIMEDOUT);
     ASSERT_OK(mp_process_kill(p));
-    join_code(p, -SIGKILL);
+    t_join(p, -SIGKILL);
     double t0 = t_now();
     ASSERT_ERR(mp_lock_acquire(g_lock, 10), MP_EOWNERDEAD);
     double took = t_now() - t0;
@@ -304,7 +290,7 @@ TEST(rlock_recursion_and_eperm)
         ASSERT_OK(mp_rlock_acquire(g_rlock, 0));
     ASSERT_TRUE(mp_rlock_locked(g_rlock));
     ASSERT_EQ(join_thread(thread(rlock_other_thread, NULL)), 0);
-    join_code(start(rlock_other_process, NULL), 0);
+    t_join(t_start(rlock_other_process, NULL, NULL), 0);
     for (int i = 0; i < 3; i++) {
         ASSERT_TRUE(mp_rlock_locked(g_rlock));
         ASSERT_OK(mp_rlock_release(g_rlock));
@@ -355,11 +341,11 @@ TEST(rlock_holder_killed_next_gets_ownerdead)
 {
     chans_open();
     ASSERT_OK(mp_rlock_new(&g_rlock));
-    mp_process *p = start(rlock_hold_and_hang, NULL);
+    mp_process *p = t_start(rlock_hold_and_hang, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 0);
     ASSERT_ERR(mp_rlock_release(g_rlock), MP_EPERM);
     ASSERT_OK(mp_process_kill(p));
-    join_code(p, -SIGKILL);
+    t_join(p, -SIGKILL);
     double t0 = t_now();
     ASSERT_ERR(mp_rlock_acquire(g_rlock, 10), MP_EOWNERDEAD);
     ASSERT_LT((t_now() - t0) * 1e3, 1000 * t_scale());
@@ -432,7 +418,7 @@ TEST(semaphore_several_waiters)
     ASSERT_OK(mp_sem_new(&g_sem, 0, 0));
     mp_process *p[N];
     for (int i = 0; i < N; i++) {
-        p[i] = start(sem_taker, NULL);
+        p[i] = t_start(sem_taker, NULL, NULL);
         ASSERT_EQ(t_recv(&to_parent, 10), 0);
         await_sleeping(mp_process_pid(p[i]));
     }
@@ -447,7 +433,7 @@ TEST(semaphore_several_waiters)
     t_recv(&to_parent, 10);
     t_recv(&to_parent, 10);
     for (int i = 0; i < N; i++)
-        join_code(p[i], 0);
+        t_join(p[i], 0);
     ASSERT_EQ(mp_sem_value(g_sem), 0);
     mp_sem_free(g_sem);
     chans_close();
@@ -483,12 +469,12 @@ TEST(event_set_clear_wait_across_processes)
 
     /* The peer asleep in the kernel, then woken. */
     int one = 1;
-    mp_process *p = start(event_echo, &one);
+    mp_process *p = t_start(event_echo, &one, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 0);
     await_sleeping(mp_process_pid(p));
     ASSERT_OK(mp_event_set(g_e1));
     ASSERT_OK(mp_event_wait(g_e2, 10));
-    join_code(p, 0);
+    t_join(p, 0);
     ASSERT_TRUE(!mp_event_is_set(g_e1)); /* cleared by the child */
     ASSERT_TRUE(mp_event_is_set(g_e2));
     ASSERT_OK(mp_event_wait(g_e2, 0)); /* a set event answers at once, again and again */
@@ -499,14 +485,14 @@ TEST(event_set_clear_wait_across_processes)
 
     /* Many round trips: spinning and sleeping peers alike. */
     int rounds = 2000;
-    p = start(event_echo, &rounds);
+    p = t_start(event_echo, &rounds, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 0);
     for (int i = 0; i < rounds; i++) {
         ASSERT_OK(mp_event_set(g_e1));
         ASSERT_OK(mp_event_wait(g_e2, 30));
         ASSERT_OK(mp_event_clear(g_e2));
     }
-    join_code(p, 0);
+    t_join(p, 0);
     mp_event_free(g_e1);
     mp_event_free(g_e2);
     chans_close();
@@ -525,14 +511,14 @@ TEST(event_set_wakes_every_waiter)
     ASSERT_OK(mp_event_new(&g_e1));
     mp_process *p[3];
     for (int i = 0; i < 3; i++) {
-        p[i] = start(event_waiter, NULL);
+        p[i] = t_start(event_waiter, NULL, NULL);
         ASSERT_EQ(t_recv(&to_parent, 10), 0);
         await_sleeping(mp_process_pid(p[i]));
     }
     ASSERT_OK(mp_event_set(g_e1));
     ASSERT_OK(mp_event_clear(g_e1)); /* at once: they saw it set all the same */
     for (int i = 0; i < 3; i++)
-        join_code(p[i], 0);
+        t_join(p[i], 0);
     mp_event_free(g_e1);
     chans_close();
 }
@@ -573,7 +559,7 @@ static int cond_waiter(void *arg)
  * lock, so when we get the lock it has let it go inside wait. */
 static mp_process *start_cond_waiter(void)
 {
-    mp_process *p = start(cond_waiter, NULL);
+    mp_process *p = t_start(cond_waiter, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), mp_process_pid(p));
     ASSERT_OK(mp_cond_acquire(g_cond, 10));
     ASSERT_OK(mp_cond_release(g_cond));
@@ -610,7 +596,7 @@ TEST(condition_notify_one_wakes_exactly_one)
     ASSERT_OK(mp_cond_notify_all(g_cond));
     ASSERT_OK(mp_cond_release(g_cond));
     for (int i = 0; i < N; i++)
-        join_code(p[i], 0);
+        t_join(p[i], 0);
     ASSERT_EQ(*g_woken, N);
     mp_cond_free(g_cond);
     chans_close();
@@ -630,7 +616,7 @@ TEST(condition_notify_all_wakes_all)
     ASSERT_OK(mp_cond_notify_all(g_cond)); /* no one left: nothing happens */
     ASSERT_OK(mp_cond_release(g_cond));
     for (int i = 0; i < N; i++)
-        join_code(p[i], 0);
+        t_join(p[i], 0);
     ASSERT_EQ(*g_woken, N);
     mp_cond_free(g_cond);
     chans_close();
@@ -648,13 +634,13 @@ TEST(condition_notify_skips_later_waiters)
     /* b comes after the notify: it must not take a's wake-up. */
     mp_process *b = start_cond_waiter();
     ASSERT_EQ(t_recv(&woke, 10), mp_process_pid(a));
-    join_code(a, 0);
+    t_join(a, 0);
     int v;
     ASSERT_TRUE(!t_try_recv(&woke, 0.2, &v));
     ASSERT_OK(mp_cond_acquire(g_cond, 10));
     ASSERT_OK(mp_cond_notify(g_cond, 5)); /* more than wait: fine */
     ASSERT_OK(mp_cond_release(g_cond));
-    join_code(b, 0);
+    t_join(b, 0);
     ASSERT_EQ(*g_woken, 2);
     mp_cond_free(g_cond);
     chans_close();
@@ -667,7 +653,7 @@ TEST(condition_timed_out_waiter_takes_no_notify)
     ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
     ASSERT_OK(mp_cond_acquire(g_cond, 0));
     /* b queues up behind us while we wait, since our wait lets the lock go. */
-    mp_process *b = start(cond_waiter, NULL);
+    mp_process *b = t_start(cond_waiter, NULL, NULL);
     ASSERT_ERR(mp_cond_wait(g_cond, 1.0 * t_scale()), MP_ETIMEDOUT);
     int v;
     ASSERT_TRUE(t_try_recv(&to_parent, 0, &v)); /* b waits (it said so with the lock) */
@@ -675,7 +661,7 @@ TEST(condition_timed_out_waiter_takes_no_notify)
     ASSERT_OK(mp_cond_notify(g_cond, 1)); /* ours left the queue: this one is b's */
     ASSERT_OK(mp_cond_release(g_cond));
     ASSERT_EQ(t_recv(&woke, 10), mp_process_pid(b));
-    join_code(b, 0);
+    t_join(b, 0);
     mp_cond_free(g_cond);
     chans_close();
 }
@@ -726,10 +712,10 @@ TEST(condition_wait_keeps_the_recursion_count)
     ASSERT_OK(mp_cond_new(&g_cond, g_user_lock)); /* over the caller's RLock */
     for (int i = 0; i < 3; i++)
         ASSERT_OK(mp_cond_acquire(g_cond, 0));
-    mp_process *p = start(take_and_notify, NULL);
+    mp_process *p = t_start(take_and_notify, NULL, NULL);
     ASSERT_OK(mp_cond_wait(g_cond, 30));
     ASSERT_EQ(t_recv(&to_parent, 10), 0);
-    join_code(p, 0);
+    t_join(p, 0);
     for (int i = 0; i < 3; i++)
         ASSERT_OK(mp_rlock_release(g_user_lock));
     ASSERT_ERR(mp_rlock_release(g_user_lock), MP_EPERM);
@@ -784,7 +770,7 @@ TEST(barrier_indices_and_action_every_round)
     ASSERT_EQ(mp_barrier_n_waiting(g_bar), 0);
     mp_process *p[PARTIES];
     for (int i = 0; i < PARTIES; i++)
-        p[i] = start(barrier_party, NULL);
+        p[i] = t_start(barrier_party, NULL, NULL);
     int seen[BROUNDS] = {0};
     for (int k = 0; k < PARTIES * BROUNDS; k++) {
         int v = t_recv(&to_parent, 30);
@@ -796,7 +782,7 @@ TEST(barrier_indices_and_action_every_round)
     for (int r = 0; r < BROUNDS; r++)
         ASSERT_EQ(seen[r], (1 << PARTIES) - 1);
     for (int i = 0; i < PARTIES; i++)
-        join_code(p[i], 0);
+        t_join(p[i], 0);
     ASSERT_EQ(g_sb->actions, BROUNDS);
     ASSERT_TRUE(!mp_barrier_broken(g_bar));
     mp_barrier_free(g_bar);
@@ -819,9 +805,9 @@ TEST(barrier_failed_action_breaks_it)
 {
     ASSERT_OK(mp_barrier_new(&g_bar, 2, fail_action, NULL));
     int broken = MP_EBROKEN;
-    mp_process *p = start(barrier_expect, &broken);
+    mp_process *p = t_start(barrier_expect, &broken, NULL);
     ASSERT_ERR(mp_barrier_wait(g_bar, 30), MP_EBROKEN);
-    join_code(p, 0);
+    t_join(p, 0);
     ASSERT_TRUE(mp_barrier_broken(g_bar));
     ASSERT_ERR(mp_barrier_wait(g_bar, 0), MP_EBROKEN);
     mp_barrier_free(g_bar);
@@ -831,12 +817,12 @@ TEST(barrier_timeout_breaks_it)
 {
     ASSERT_OK(mp_barrier_new(&g_bar, 3, NULL, NULL));
     int broken = MP_EBROKEN;
-    mp_process *p = start(barrier_expect, &broken);
+    mp_process *p = t_start(barrier_expect, &broken, NULL);
     await_n_waiting(g_bar, 1);
     double t0 = t_now();
     ASSERT_ERR(mp_barrier_wait(g_bar, TIMEOUT), MP_ETIMEDOUT);
     assert_on_time(t0, TIMEOUT);
-    join_code(p, 0); /* the other party: MP_EBROKEN */
+    t_join(p, 0); /* the other party: MP_EBROKEN */
     ASSERT_TRUE(mp_barrier_broken(g_bar));
     ASSERT_EQ(mp_barrier_n_waiting(g_bar), 0);
     mp_barrier_free(g_bar);
@@ -846,25 +832,25 @@ TEST(barrier_abort_and_reset)
 {
     ASSERT_OK(mp_barrier_new(&g_bar, 2, NULL, NULL));
     int broken = MP_EBROKEN, zero = 0;
-    mp_process *p = start(barrier_expect, &broken);
+    mp_process *p = t_start(barrier_expect, &broken, NULL);
     await_n_waiting(g_bar, 1);
     ASSERT_OK(mp_barrier_abort(g_bar));
-    join_code(p, 0);
+    t_join(p, 0);
     ASSERT_TRUE(mp_barrier_broken(g_bar));
     ASSERT_ERR(mp_barrier_wait(g_bar, 10), MP_EBROKEN);
     ASSERT_OK(mp_barrier_reset(g_bar));
     ASSERT_TRUE(!mp_barrier_broken(g_bar));
 
     /* Usable again; and a reset wakes a waiting party with MP_EBROKEN. */
-    p = start(barrier_expect, &broken);
+    p = t_start(barrier_expect, &broken, NULL);
     await_n_waiting(g_bar, 1);
     ASSERT_OK(mp_barrier_reset(g_bar));
-    join_code(p, 0);
+    t_join(p, 0);
     ASSERT_TRUE(!mp_barrier_broken(g_bar));
-    p = start(barrier_expect, &zero); /* first to arrive: index 0 */
+    p = t_start(barrier_expect, &zero, NULL); /* first to arrive: index 0 */
     await_n_waiting(g_bar, 1);
     ASSERT_EQ(mp_barrier_wait(g_bar, 10), 1);
-    join_code(p, 0);
+    t_join(p, 0);
     mp_barrier_free(g_bar);
 }
 
@@ -879,9 +865,9 @@ TEST(barrier_party_killed_breaks_it)
 {
     ASSERT_OK(mp_barrier_new(&g_bar, 3, NULL, NULL));
     int broken = MP_EBROKEN;
-    mp_process *victim = start(barrier_hang, NULL);
+    mp_process *victim = t_start(barrier_hang, NULL, NULL);
     await_n_waiting(g_bar, 1);
-    mp_process *other = start(barrier_expect, &broken);
+    mp_process *other = t_start(barrier_expect, &broken, NULL);
     await_n_waiting(g_bar, 2);
     ASSERT_OK(mp_process_kill(victim));
     double t0 = t_now();
@@ -889,7 +875,7 @@ TEST(barrier_party_killed_breaks_it)
     ASSERT_LT((t_now() - t0) * 1e3, 2000 * t_scale());
     ASSERT_EQ(mp_process_exitcode(other), 0);
     mp_process_free(other);
-    join_code(victim, -SIGKILL);
+    t_join(victim, -SIGKILL);
     ASSERT_TRUE(mp_barrier_broken(g_bar));
     ASSERT_OK(mp_barrier_reset(g_bar));
     ASSERT_EQ(mp_barrier_n_waiting(g_bar), 0);
