@@ -93,6 +93,20 @@ void t_chan_close(t_chan *c)
     c->r = c->w = -1;
 }
 
+t_chan to_child = {-1, -1}, to_parent = {-1, -1};
+
+void chans_open(void)
+{
+    to_child = t_chan_new();
+    to_parent = t_chan_new();
+}
+
+void chans_close(void)
+{
+    t_chan_close(&to_child);
+    t_chan_close(&to_parent);
+}
+
 void t_send(t_chan *c, int v)
 {
     if (write(c->w, &v, sizeof v) != (ssize_t)sizeof v)

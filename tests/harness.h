@@ -97,6 +97,11 @@ typedef struct t_chan { int r, w; } t_chan;
 t_chan t_chan_new(void);
 void t_chan_close(t_chan *c);
 void t_send(t_chan *c, int v);
+/* The pair most multi-process cases use: orders go down to children,
+ * reports come up. Children inherit them; open and close them per case. */
+extern t_chan to_child, to_parent;
+void chans_open(void);
+void chans_close(void);
 /* Receives one int within timeout * t_scale() seconds, or fails the case. */
 int t_recv(t_chan *c, double timeout);
 /* Like t_recv, but returns false on timeout or EOF instead of failing. */

@@ -22,20 +22,6 @@
 /* Set in a copy of this binary that a case re-executes (see reexec). */
 #define ROLE_ENV "MPROC_TEST_ARENA_ROLE"
 
-static t_chan to_child, to_parent;
-
-static void chans_open(void)
-{
-    to_child = t_chan_new();
-    to_parent = t_chan_new();
-}
-
-static void chans_close(void)
-{
-    t_chan_close(&to_child);
-    t_chan_close(&to_parent);
-}
-
 
 
 /* Pointers cross a t_chan as two ints. */

@@ -20,21 +20,6 @@
 
 static int ret_int(void *arg) { return *(int *)arg; }
 
-/* Channels the children inherit: `to_child` orders, `to_parent` reports. */
-static t_chan to_child, to_parent;
-
-static void chans_open(void)
-{
-    to_child = t_chan_new();
-    to_parent = t_chan_new();
-}
-
-static void chans_close(void)
-{
-    t_chan_close(&to_child);
-    t_chan_close(&to_parent);
-}
-
 /* Says "ready", then waits for an order and returns it as the exit code. */
 static int wait_for_order(void *arg)
 {

@@ -80,17 +80,17 @@ static void await_n_waiting(mp_barrier *b, int n)
     }
 }
 
-static t_chan to_parent, woke; /* children's reports: "ready", and "woken" */
+static t_chan woke; /* children's reports: "ready" on to_parent, and "woken" */
 
-static void chans_open(void)
+static void waiter_chans_open(void)
 {
-    to_parent = t_chan_new();
+    chans_open();
     woke = t_chan_new();
 }
 
-static void chans_close(void)
+static void waiter_chans_close(void)
 {
-    t_chan_close(&to_parent);
+    chans_close();
     t_chan_close(&woke);
 }
 
@@ -237,7 +237,7 @@ static int hold_and_hang(void *arg)
 
 TEST(lock_holder_killed_next_gets_ownerdead)
 {
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_lock_new(&g_lock));
     mp_process *p = t_start(hold_and_hang, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 0);
@@ -256,7 +256,7 @@ TEST(lock_holder_killed_next_gets_ownerdead)
     ASSERT_OK(mp_lock_release(g_lock));
     mp_lock_free(g_lock);
     g_lock = NULL;
-    chans_close();
+    waiter_chans_close();
 }
 
 /* ---- RLock --------------------------------------------------------------- */
@@ -339,7 +339,7 @@ static int rlock_hold_and_hang(void *arg)
 
 TEST(rlock_holder_killed_next_gets_ownerdead)
 {
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_rlock_new(&g_rlock));
     mp_process *p = t_start(rlock_hold_and_hang, NULL, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 0);
@@ -357,7 +357,7 @@ TEST(rlock_holder_killed_next_gets_ownerdead)
     ASSERT_OK(mp_rlock_acquire(g_rlock, 0));
     ASSERT_OK(mp_rlock_release(g_rlock));
     mp_rlock_free(g_rlock);
-    chans_close();
+    waiter_chans_close();
 }
 
 /* ---- Semaphore ----------------------------------------------------------- */
@@ -414,7 +414,7 @@ static int sem_taker(void *arg)
 TEST(semaphore_several_waiters)
 {
     enum { N = 4 };
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_sem_new(&g_sem, 0, 0));
     mp_process *p[N];
     for (int i = 0; i < N; i++) {
@@ -436,7 +436,7 @@ TEST(semaphore_several_waiters)
         t_join(p[i], 0);
     ASSERT_EQ(mp_sem_value(g_sem), 0);
     mp_sem_free(g_sem);
-    chans_close();
+    waiter_chans_close();
 }
 
 /* ---- Event --------------------------------------------------------------- */
@@ -461,7 +461,7 @@ static int event_echo(void *arg)
 
 TEST(event_set_clear_wait_across_processes)
 {
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_event_new(&g_e1));
     ASSERT_OK(mp_event_new(&g_e2));
     ASSERT_TRUE(!mp_event_is_set(g_e1));
@@ -495,7 +495,7 @@ TEST(event_set_clear_wait_across_processes)
     t_join(p, 0);
     mp_event_free(g_e1);
     mp_event_free(g_e2);
-    chans_close();
+    waiter_chans_close();
 }
 
 static int event_waiter(void *arg)
@@ -507,7 +507,7 @@ static int event_waiter(void *arg)
 
 TEST(event_set_wakes_every_waiter)
 {
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_event_new(&g_e1));
     mp_process *p[3];
     for (int i = 0; i < 3; i++) {
@@ -520,7 +520,7 @@ TEST(event_set_wakes_every_waiter)
     for (int i = 0; i < 3; i++)
         t_join(p[i], 0);
     mp_event_free(g_e1);
-    chans_close();
+    waiter_chans_close();
 }
 
 TEST(event_timeout_on_time)
@@ -569,7 +569,7 @@ static mp_process *start_cond_waiter(void)
 TEST(condition_notify_one_wakes_exactly_one)
 {
     enum { N = 4 };
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_cond_new(&g_cond, NULL));
     ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
     mp_process *p[N];
@@ -599,13 +599,13 @@ TEST(condition_notify_one_wakes_exactly_one)
         t_join(p[i], 0);
     ASSERT_EQ(*g_woken, N);
     mp_cond_free(g_cond);
-    chans_close();
+    waiter_chans_close();
 }
 
 TEST(condition_notify_all_wakes_all)
 {
     enum { N = 5 };
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_cond_new(&g_cond, NULL));
     ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
     mp_process *p[N];
@@ -619,12 +619,12 @@ TEST(condition_notify_all_wakes_all)
         t_join(p[i], 0);
     ASSERT_EQ(*g_woken, N);
     mp_cond_free(g_cond);
-    chans_close();
+    waiter_chans_close();
 }
 
 TEST(condition_notify_skips_later_waiters)
 {
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_cond_new(&g_cond, NULL));
     ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
     mp_process *a = start_cond_waiter();
@@ -643,12 +643,12 @@ TEST(condition_notify_skips_later_waiters)
     t_join(b, 0);
     ASSERT_EQ(*g_woken, 2);
     mp_cond_free(g_cond);
-    chans_close();
+    waiter_chans_close();
 }
 
 TEST(condition_timed_out_waiter_takes_no_notify)
 {
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_cond_new(&g_cond, NULL));
     ASSERT_TRUE((g_woken = mp_shared_calloc(1, sizeof(int))) != NULL);
     ASSERT_OK(mp_cond_acquire(g_cond, 0));
@@ -663,7 +663,7 @@ TEST(condition_timed_out_waiter_takes_no_notify)
     ASSERT_EQ(t_recv(&woke, 10), mp_process_pid(b));
     t_join(b, 0);
     mp_cond_free(g_cond);
-    chans_close();
+    waiter_chans_close();
 }
 
 TEST(condition_wait_timeout_on_time_and_relocked)
@@ -707,7 +707,7 @@ static int take_and_notify(void *arg)
 
 TEST(condition_wait_keeps_the_recursion_count)
 {
-    chans_open();
+    waiter_chans_open();
     ASSERT_OK(mp_rlock_new(&g_user_lock));
     ASSERT_OK(mp_cond_new(&g_cond, g_user_lock)); /* over the caller's RLock */
     for (int i = 0; i < 3; i++)
@@ -724,7 +724,7 @@ TEST(condition_wait_keeps_the_recursion_count)
     ASSERT_OK(mp_rlock_acquire(g_user_lock, 0)); /* the caller's lock outlives it */
     ASSERT_OK(mp_rlock_release(g_user_lock));
     mp_rlock_free(g_user_lock);
-    chans_close();
+    waiter_chans_close();
 }
 
 /* ---- Barrier ------------------------------------------------------------- */
@@ -763,7 +763,7 @@ static int barrier_party(void *arg)
 
 TEST(barrier_indices_and_action_every_round)
 {
-    chans_open();
+    waiter_chans_open();
     ASSERT_TRUE((g_sb = mp_shared_calloc(1, sizeof *g_sb)) != NULL);
     ASSERT_OK(mp_barrier_new(&g_bar, PARTIES, count_action, NULL));
     ASSERT_EQ(mp_barrier_parties(g_bar), PARTIES);
@@ -786,7 +786,7 @@ TEST(barrier_indices_and_action_every_round)
     ASSERT_EQ(g_sb->actions, BROUNDS);
     ASSERT_TRUE(!mp_barrier_broken(g_bar));
     mp_barrier_free(g_bar);
-    chans_close();
+    waiter_chans_close();
 }
 
 static int fail_action(void *arg)
