@@ -327,6 +327,23 @@ static int floor_malloc_free(long n)
     return 0;
 }
 
+/* Both processes allocate at once: time per pair overall. Perfect scaling on
+ * two cores halves the one-process figure. */
+static int mproc_alloc_free_side(int side, long n)
+{
+    (void)side;
+    return mproc_alloc_free(n);
+}
+
+static int floor_malloc_free_side(int side, long n)
+{
+    (void)side;
+    return floor_malloc_free(n);
+}
+
+static int mproc_alloc_free_2proc(long n) { return in_two_processes(mproc_alloc_free_side, n); }
+static int floor_malloc_free_2proc(long n) { return in_two_processes(floor_malloc_free_side, n); }
+
 /* ---- the table ---------------------------------------------------------- */
 
 struct row {
@@ -348,6 +365,8 @@ static const struct row ROWS[] = {
      mproc_pingpong, floor_pingpong},
     {"shared_alloc_free", "mp_shared_alloc(64) + mp_shared_free (floor: malloc + free)",
      mproc_alloc_free, floor_malloc_free},
+    {"shared_alloc_free_2proc", "the same, 2 processes at once: time per pair overall",
+     mproc_alloc_free_2proc, floor_malloc_free_2proc},
 };
 #define NROWS (sizeof ROWS / sizeof ROWS[0])
 
