@@ -125,6 +125,10 @@ typedef struct mp_process_opts {
 } mp_process_opts;
 
 #define MP_EXIT_NONE INT_MIN /* exitcode of a process that has not ended */
+/* exitcode of a process that ended but whose status is lost: the program
+ * ignores SIGCHLD (the kernel then reaps at once) or reaped it itself with a
+ * waitpid(-1, ...). Join still returns, where Python's would hang. */
+#define MP_EXIT_UNKNOWN (INT_MIN + 1)
 
 /* Creates a process handle; nothing runs until mp_process_start.
  * fn must not be NULL; arg is passed to fn as is, or, with opts->arg_size > 0,
@@ -152,8 +156,9 @@ MP_API int mp_process_join(mp_process *p, double timeout);
 /* true from start until it has ended. Polls; never blocks. */
 MP_API bool mp_process_is_alive(mp_process *p);
 
-/* The exit code (0..255), -N if it was killed by signal N, or MP_EXIT_NONE
- * while it runs or before it starts. Polls (and reaps); never blocks. */
+/* The exit code (0..255), -N if it was killed by signal N, MP_EXIT_NONE
+ * while it runs or before it starts, MP_EXIT_UNKNOWN (see above). Polls (and
+ * reaps); never blocks. */
 MP_API int mp_process_exitcode(mp_process *p);
 
 /* Its pid once started, else 0. */
@@ -310,7 +315,9 @@ MP_API void mp_event_free(mp_event *e);
  * wait: the caller must hold the lock (else MP_EPERM); it is released fully
  * while waiting and re-acquired with the same recursion count before
  * returning, whatever the result: 0 when notified, MP_ETIMEDOUT, MP_EINTR,
- * MP_EOWNERDEAD (the lock's holder died meanwhile), MP_ENOMEM. notify(n)
+ * MP_EOWNERDEAD (the lock's holder died meanwhile), MP_ENOMEM. So an
+ * interrupted or timed-out wait returns once it has the lock back, which may
+ * be later than 50 ms if another thread holds it (as in Python). notify(n)
  * wakes at most n of the threads waiting at that moment, oldest first;
  * notify and notify_all need the lock too (else MP_EPERM). */
 MP_API int mp_cond_new(mp_cond **out, mp_rlock *lock);

@@ -118,10 +118,12 @@ static bool reap_locked(mp_process *p)
 {
     if (p->exitcode != MP_EXIT_NONE)
         return true;
-    int status;
-    if (mp__pidfd_reap(p->pidfd, &status) != 1)
+    int status, r = mp__pidfd_reap(p->pidfd, &status);
+    if (r == 0)
         return false;
-    p->exitcode = status;
+    /* ECHILD: someone else reaped it (SIGCHLD ignored, a waitpid(-1)). The
+     * status is lost, but it has ended: never report it as running. */
+    p->exitcode = r == 1 ? status : MP_EXIT_UNKNOWN;
     return true;
 }
 
@@ -168,6 +170,22 @@ static void *reaper_main(void *unused)
             uint64_t v;
             ssize_t r = read(g.reaper_efd, &v, sizeof v);
             (void)r;
+        }
+    }
+}
+
+/* With mu held: reaps the detached children that have ended, when no reaper
+ * thread watches them (it could not start). The reaper is the only one to
+ * free detached handles while it runs: it sleeps on their pidfds. */
+static void reap_detached_locked(void)
+{
+    if (g.reaper_on)
+        return;
+    for (mp_process *p = g.handles, *next; p; p = next) {
+        next = p->next;
+        if (p->detached && reap_locked(p)) {
+            unlink_handle(p);
+            destroy(p);
         }
     }
 }
@@ -350,7 +368,9 @@ static void abandon(pid_t pid)
         ;
 }
 
-static int start_locked(mp_process *p)
+/* Forks and arms the child. Returns its pid, or a negative code (then no
+ * child is left). With start_mu held. */
+static pid_t fork_child(mp_process *p)
 {
     int life_fd, err;
     if ((err = mp__lifeline_prepare(&life_fd)) < 0)
@@ -362,20 +382,16 @@ static int start_locked(mp_process *p)
         child_main(p, life_fd, parent, &mask);
     if (pid < 0) {
         mp__close(life_fd);
-        return pid == -ENOMEM ? MP_ENOMEM : (int)pid;
+        return pid == -ENOMEM ? MP_ENOMEM : pid;
     }
     mp__fork_restore(&mask);
     err = mp__lifeline_bind(life_fd, pid);
     mp__close(life_fd);
-    int pidfd = err ? err : mp__pidfd_open(pid);
-    if (pidfd < 0) {
-        abandon(pid); /* unarmed or untrackable: it must not run */
-        return pidfd;
+    if (err) {
+        abandon(pid); /* unarmed: it must not run */
+        return err;
     }
-    p->pid = pid;
-    p->pidfd = pidfd;
-    p->owner = g.self;
-    return 0;
+    return pid;
 }
 
 int mp_process_start(mp_process *p)
@@ -391,17 +407,32 @@ int mp_process_start(mp_process *p)
     unlock();
 
     pthread_mutex_lock(&g.start_mu);
-    int err = start_locked(p);
+    pid_t pid = fork_child(p);
     pthread_mutex_unlock(&g.start_mu);
 
+    int err = pid < 0 ? (int)pid : 0;
     lock();
-    if (err) {
-        p->state = P_NEW;
-    } else {
-        p->state = P_STARTED;
-        link_handle(p);
+    if (!err) {
+        /* The pidfd is opened and linked in one section under mu: a plain
+         * fork in another thread waits for mu (atfork_prepare), so its child
+         * finds the pidfd in the list and closes it. */
+        int fd = mp__pidfd_open(pid);
+        if (fd >= 0) {
+            p->pid = pid;
+            p->pidfd = fd;
+            p->owner = g.self;
+            p->state = P_STARTED;
+            link_handle(p);
+        } else {
+            err = fd;
+        }
     }
+    if (err)
+        p->state = P_NEW;
+    reap_detached_locked();
     unlock();
+    if (err && pid > 0)
+        abandon(pid); /* untrackable without its pidfd */
     return err;
 }
 
@@ -508,6 +539,7 @@ int mp_active_children(mp_process **out, size_t cap)
         return MP_EINVAL;
     int n = 0;
     lock();
+    reap_detached_locked();
     for (mp_process *p = g.handles; p; p = p->next) {
         if (p->detached || !mine(p) || reap_locked(p))
             continue;

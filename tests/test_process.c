@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- targets ------------------------------------------------------------ */
@@ -835,4 +836,42 @@ TEST(cpu_counts)
     ASSERT_OK(mp_process_join(p, 10));
     ASSERT_EQ(mp_process_exitcode(p), 1);
     mp_process_free(p);
+}
+
+/* ---- a status lost to someone else's reaping ----------------------------- */
+
+static int ret_3(void *arg)
+{
+    (void)arg;
+    return 3;
+}
+
+TEST(join_returns_when_sigchld_is_ignored)
+{
+    /* The kernel reaps at once: waitid finds no child. Join must still
+     * return (Python's hangs), and the process reads as ended. */
+    signal(SIGCHLD, SIG_IGN);
+    mp_process *p = t_start(ret_3, NULL, NULL);
+    ASSERT_OK(mp_process_join(p, 10));
+    ASSERT_EQ(mp_process_exitcode(p), MP_EXIT_UNKNOWN);
+    ASSERT_TRUE(!mp_process_is_alive(p));
+    mp_process_free(p);
+    /* A freed running process under SIGCHLD ignored: once it ends, the
+     * reaper must not spin on its pidfd. Our own CPU time over an idle
+     * window tells (a spin burns all of it), whatever the machine's load. */
+    chans_open();
+    p = t_start(wait_for_order, NULL, NULL);
+    pid_t pid = t_recv(&to_parent, 10);
+    mp_process_free(p);
+    t_send(&to_child, 0);
+    ASSERT_TRUE(t_wait_gone(pid, 10));
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+    poll(NULL, 0, 300);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+    double cpu = (double)(c1.tv_sec - c0.tv_sec) + (double)(c1.tv_nsec - c0.tv_nsec) * 1e-9;
+    ASSERT_LT(cpu * 1000, 150);
+    ASSERT_EQ(mp_active_children(NULL, 0), 0);
+    signal(SIGCHLD, SIG_DFL);
+    chans_close();
 }

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -257,6 +258,62 @@ TEST(lock_holder_killed_next_gets_ownerdead)
     mp_lock_free(g_lock);
     g_lock = NULL;
     waiter_chans_close();
+}
+
+/* A process whose main thread has exited while another thread holds the
+ * lock is alive (its leader shows as a zombie in /proc): its lock must not
+ * be taken over. */
+static void *hold_for_parent(void *arg)
+{
+    (void)arg;
+    t_send(&to_parent, mp_lock_acquire(g_lock, MP_FOREVER));
+    t_recv(&to_child, 60); /* then release and end the process */
+    mp_lock_release(g_lock);
+    _exit(0); /* the process ends here; no atexit (nor leak check) of the parent's */
+}
+
+static int leader_exits(void *arg)
+{
+    (void)arg;
+    pthread_t t;
+    if (pthread_create(&t, NULL, hold_for_parent, NULL))
+        return 1;
+    pthread_exit(NULL);
+}
+
+static bool leader_is_zombie(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] == 'Z';
+}
+
+TEST(holder_whose_main_thread_exited_is_not_dead)
+{
+    chans_open();
+    ASSERT_OK(mp_lock_new(&g_lock));
+    mp_process *p = t_start(leader_exits, NULL, NULL);
+    ASSERT_EQ(t_recv(&to_parent, 10), 0);
+    double end = t_now() + 10 * t_scale();
+    while (!leader_is_zombie(mp_process_pid(p)) && t_now() < end)
+        poll(NULL, 0, 5);
+    ASSERT_TRUE(leader_is_zombie(mp_process_pid(p)));
+    /* Long enough for two owner checks: the holder lives, so no takeover. */
+    ASSERT_ERR(mp_lock_acquire(g_lock, 0.6), MP_ETIMEDOUT);
+    t_send(&to_child, 0);
+    ASSERT_OK(mp_lock_acquire(g_lock, 10)); /* released for real */
+    ASSERT_OK(mp_lock_release(g_lock));
+    t_join(p, 0);
+    mp_lock_free(g_lock);
+    g_lock = NULL;
+    chans_close();
 }
 
 /* ---- RLock --------------------------------------------------------------- */

@@ -10,17 +10,19 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
-static int fam_r = -1, fam_w = -1; /* this process's family pipe, made on first use */
+/* This process's family pipe, made on first use: [0] read, [1] write. pipe2
+ * fills it in place, so the child of a plain fork in another thread finds
+ * the descriptors to close (see atfork_child). */
+static int fam[2] = {-1, -1};
+#define fam_r fam[0]
+#define fam_w fam[1]
 
 int mp__lifeline_prepare(int *child_fd)
 {
     *child_fd = -1;
-    if (fam_w < 0) {
-        int fds[2];
-        if (mp__sys.pipe2(fds, O_CLOEXEC) < 0)
-            return -errno;
-        fam_r = fds[0];
-        fam_w = fds[1];
+    if (fam_w < 0 && mp__sys.pipe2(fam, O_CLOEXEC) < 0) {
+        fam_r = fam_w = -1;
+        return -errno;
     }
     /* A description of the child's own: F_SETOWN is per description. */
     char path[40];

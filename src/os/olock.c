@@ -13,9 +13,9 @@
  * The token tells a dead owner from a new process that got its pid back.
  * Uncontended acquire is one compare-and-swap, release one exchange: no
  * system call. A contended acquire spins briefly, then sleeps on the futex;
- * every CHECK_NS of sleep it reads /proc/<pid>/stat: gone, a zombie, or a
- * different start time means the owner died, and the waiter takes the lock
- * over with MP_EOWNERDEAD.
+ * every CHECK_NS of sleep it checks the owner: a different start time in
+ * /proc/<pid>/stat, or a pidfd that says the whole process has ended, means
+ * the owner died, and the waiter takes the lock over with MP_EOWNERDEAD.
  */
 #include "os.h"
 
@@ -90,14 +90,17 @@ uint64_t mp__olock_self(void) { return self(); }
 
 bool mp__proc_dead(pid_t pid, uint32_t token)
 {
+    /* A start time that differs: the pid now names another process. */
     char st;
     unsigned long long start;
     int r = proc_stat(pid, &st, &start);
     if (r == -ENOENT || r == -ESRCH)
         return true;
-    if (r == 0)
-        return st == 'Z' || st == 'X' || (token != 0 && (uint32_t)start != token);
-    /* No /proc: a pidfd still tells a zombie or a vanished process. */
+    if (r == 0 && token != 0 && (uint32_t)start != token)
+        return true;
+    /* Not the state letter: a leader thread that has exited shows 'Z' while
+     * other threads of its process still run (and may hold the lock). A
+     * pidfd is readable only once the whole thread group has ended. */
     int fd = mp__pidfd_open(pid);
     if (fd == -ESRCH)
         return true;
@@ -111,7 +114,27 @@ bool mp__proc_dead(pid_t pid, uint32_t token)
 
 static _Atomic uint32_t *futex_word(mp__olock *l)
 {
-    return (_Atomic uint32_t *)&l->w; /* the low half on little-endian x86-64 */
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return (_Atomic uint32_t *)&l->w + 1; /* the low half */
+#else
+    return (_Atomic uint32_t *)&l->w;
+#endif
+}
+
+/* A waiter leaves without the lock (timeout, interrupt). A release may have
+ * woken it, and no one else: pass that wake on if the lock is free, or make
+ * sure the holder's release will wake the others. */
+static void leave(mp__olock *l)
+{
+    uint64_t cur = atomic_load(&l->w);
+    for (;;) {
+        if ((uint32_t)cur == 0) {
+            mp__futex_wake(futex_word(l), 1);
+            return;
+        }
+        if ((cur & WAITERS) || atomic_compare_exchange_weak(&l->w, &cur, cur | WAITERS))
+            return;
+    }
 }
 
 bool mp__olock_try(mp__olock *l)
@@ -153,8 +176,10 @@ int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w)
             continue;
         cur |= WAITERS;
         int r = mp__futex_wait(futex_word(l), (uint32_t)cur, deadline < check ? deadline : check, w);
-        if (r == MP_EINTR)
+        if (r == MP_EINTR) {
+            leave(l);
             return r;
+        }
         int64_t now = mp__now_ns();
         if (now >= check) {
             check = now + CHECK_NS;
@@ -168,6 +193,7 @@ int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w)
         if (deadline != MP__NEVER && now >= deadline) {
             if (mp__olock_try(l))
                 return 0;
+            leave(l);
             return MP_ETIMEDOUT;
         }
     }

@@ -81,7 +81,16 @@ _Atomic uint32_t *mp__intr_word(void);
 int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__waiter *w);
 void mp__futex_wake(_Atomic uint32_t *addr, int n);
 void mp__futex_wake_private(_Atomic uint32_t *addr, int n); /* async-signal-safe */
-static inline void mp__cpu_relax(void) { __builtin_ia32_pause(); }
+static inline void mp__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
 
 /* ---- the owner lock (olock.c) ----------------------------------------------
  * A process-shared mutex that survives its holder's death; every lock of the

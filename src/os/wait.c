@@ -158,6 +158,8 @@ int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline)
         int r = ppoll(pf, 2, tsp, NULL);
         if (r < 0 && errno != EINTR)
             return -errno;
+        if (r > 0 && (pf[0].revents & POLLNVAL))
+            return -EBADF;
         if (r > 0 && (pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
             return 1;
         if (r > 0 && pf[1].revents) { /* an interrupt, or a stale wake: drop it */
