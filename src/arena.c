@@ -30,10 +30,17 @@
  *
  * Memory: a page is backed (fallocate) before first use, as under strict
  * overcommit a fault on an unbacked page is a SIGBUS: allocation fails
- * cleanly instead. Runs of 64 KiB and more (every slab, big blocks) are
- * punched out when freed and read as zero afterwards; smaller runs are
- * marked dirty and zeroed when reused. Blocks come back from the cache
- * dirty and are zeroed on reuse; never-used blocks are known to be zero.
+ * cleanly instead. Every freed run (a slab, a large block: 36 KiB and up)
+ * is punched out and reads as zero afterwards; a run the system would not
+ * punch is marked dirty and zeroed when reused. Blocks come back from the
+ * cache dirty and are zeroed on reuse; never-used blocks are known to be zero.
+ *
+ * Finding a run scans the used-page bitmap from the lowest free page, but
+ * gives up after MAX_HOLES holes too small for the request and takes pages
+ * past the top instead (holes cost address space, not memory: they are
+ * punched). Only an arena with no room past the top is scanned whole. So a
+ * badly fragmented arena costs address space, never a long hold of the
+ * family-wide lock.
  *
  * Death: one process-shared owner lock (os/olock.c) guards the shared state.
  * A process may die at any instant, holding it or not. Every change is
@@ -51,6 +58,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -62,7 +70,7 @@
 #define NCLASS 40
 #define SMALL_MAX 32768
 #define SLAB_MIN_PAGES 16     /* 64 KiB: every slab is worth punching */
-#define PUNCH_MIN (64 << 10)  /* runs this big go back to the system when freed */
+#define MAX_HOLES 256         /* holes a run search looks at before the top */
 #define CACHE_MAX 64
 #define CACHE_BYTES (64 << 10)
 #define NSLOTS 1024
@@ -273,11 +281,16 @@ static uint32_t slab_cap(void) /* descriptors whose memory is backed */
     return n < A.slab_max ? (uint32_t)n : A.slab_max;
 }
 
-/* Takes a run of n pages: first fit from the hint, else past the top. The
- * first page, or NONE. With the lock. */
-static uint64_t take_pages(uint64_t n)
+/* First fit from the hint for a run of n pages, looking at max_holes holes
+ * too small for it at most. Returns its first page or NONE; *first gets the
+ * lowest free page seen, *tail where pages past the top start (the start of
+ * a free run that reaches the top, or the top). With the lock. */
+static uint64_t find_run(uint64_t n, unsigned max_holes, uint64_t *first, uint64_t *tail)
 {
-    uint64_t top = LD(A.h->top), pg = LD(A.h->hint), first = NONE, start = NONE, tail = top;
+    uint64_t top = LD(A.h->top), pg = LD(A.h->hint);
+    unsigned holes = 0;
+    *first = NONE;
+    *tail = top;
     while (pg < top) {
         uint64_t f = ~LD(A.used[pg >> 6]) >> (pg & 63); /* free pages from pg on */
         if (!f) {
@@ -287,8 +300,8 @@ static uint64_t take_pages(uint64_t n)
         pg += (uint64_t)__builtin_ctzll(f);
         if (pg >= top)
             break;
-        if (first == NONE)
-            first = pg;
+        if (*first == NONE)
+            *first = pg;
         uint64_t s = pg;
         while (pg < top && pg - s < n) {
             uint64_t u = LD(A.used[pg >> 6]) >> (pg & 63);
@@ -299,15 +312,27 @@ static uint64_t take_pages(uint64_t n)
             pg = (pg | 63) + 1;
         }
         uint64_t e = pg < top ? pg : top;
-        if (e - s >= n) {
-            start = s;
-            break;
-        }
+        if (e - s >= n)
+            return s;
         if (e == top) {
-            tail = s; /* a free run up to the top: extend it */
+            *tail = s; /* a free run up to the top: extend it */
             break;
         }
+        if (++holes >= max_holes)
+            break;
     }
+    return NONE;
+}
+
+/* Takes a run of n pages: first fit among the first MAX_HOLES holes, else
+ * past the top, else (no room there) first fit among all. The first page, or
+ * NONE. With the lock. */
+static uint64_t take_pages(uint64_t n)
+{
+    uint64_t top = LD(A.h->top), first, tail;
+    uint64_t start = find_run(n, MAX_HOLES, &first, &tail);
+    if (start == NONE && (tail > A.npages || A.npages - tail < n))
+        start = find_run(n, UINT_MAX, &first, &tail);
     if (start == NONE) {
         if (tail > A.npages || A.npages - tail < n)
             return NONE;
@@ -691,10 +716,7 @@ __attribute__((noinline)) static void large_free(uint64_t pg, uint64_t t)
         return; /* freed twice at once: one of them wins */
     uint64_t n = LARGE_PAGES(t);
     count(tcache_get(), -(int64_t)(n * PAGE));
-    if (n * PAGE >= PUNCH_MIN)
-        drop_pages(pg, n);
-    else
-        bits(A.dirty, pg, n, true);
+    drop_pages(pg, n);
     lock();
     put_pages(pg, n);
     unlock();
