@@ -199,11 +199,9 @@ int mp_lock_acquire(mp_lock *l, double timeout)
     int r = begin(l, timeout, &w);
     if (r)
         return r;
-    if (mp__olock_try(&l->ol))
+    if (mp__olock_try(&l->ol)) /* uncontended: no clock read for the deadline */
         return 0;
-    if (timeout == 0)
-        return MP_ETIMEDOUT;
-    r = mp__olock_acquire(&l->ol, deadline(timeout), &w);
+    r = mp__olock_acquire(&l->ol, deadline(timeout), &w); /* polls for timeout 0 */
     mp__wait_end(&w);
     return r;
 }
@@ -269,8 +267,6 @@ int mp_rlock_acquire(mp_rlock *l, double timeout)
         return 0;
     }
     if (!mp__olock_try(&l->ol)) {
-        if (timeout == 0)
-            return MP_ETIMEDOUT;
         r = mp__olock_acquire(&l->ol, deadline(timeout), &w);
         mp__wait_end(&w);
         if (r != 0 && r != MP_EOWNERDEAD)
