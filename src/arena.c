@@ -94,7 +94,7 @@ enum { S_FREE, S_LIVE, S_DEAD };
 
 /* One per thread that allocates: its share of mp_shared_usage. */
 struct slot {
-    _Atomic uint64_t owner; /* pid of the owning thread's process, 0: free. CAS */
+    _Atomic uint64_t owner; /* identity of the owning thread's process (mp__olock_self), 0: free. CAS */
     _Atomic int64_t bytes;  /* handed out minus freed by its owners; only the owner writes */
     char pad[48];
 };
@@ -139,7 +139,8 @@ struct hdr {
     _Atomic int64_t overflow;         /* usage of threads that got no slot */
     _Atomic uint32_t slot_top;        /* slots ever claimed */
     _Atomic uint32_t recoveries;      /* times recover() ran (tests) */
-    char pad2[48];
+    _Atomic uint32_t serial;          /* the owner lock's token counter (os/olock.c) */
+    char pad2[44];
     struct slot slots[NSLOTS];
 };
 static_assert(sizeof(struct hdr) == 384 + NSLOTS * 64, "header layout");
@@ -391,13 +392,17 @@ static bool slot_attach(struct tcache *t)
     if (t->noslot)
         return false;
     struct hdr *h = A.h;
-    uint64_t me = (uint64_t)getpid();
+    uint64_t me = mp__olock_self();
+    if (!me) { /* cannot vouch for itself: count in the overflow */
+        t->noslot = true;
+        return false;
+    }
     for (int pass = 0; pass < 2; pass++)
         for (uint32_t i = 0; i < NSLOTS; i++) {
             uint64_t o = LD(h->slots[i].owner);
             /* Second pass: the slots of processes that died without
              * letting go (SIGKILL); their counts stay, they are exact. */
-            if (pass == 0 ? o != 0 : o == 0 || o == me || !mp__proc_dead((pid_t)o, 0))
+            if (pass == 0 ? o != 0 : o == 0 || o == me || mp__owner_state(o) != MP__OWNER_DEAD)
                 continue;
             if (!atomic_compare_exchange_strong(&h->slots[i].owner, &o, me))
                 continue;
@@ -864,6 +869,7 @@ __attribute__((constructor(101))) static void arena_init(void)
     h->magic = MAGIC;
     h->size = A.r.size;
     A.h = h;
+    mp__olock_setup(A.r.fd, &h->serial); /* the memfd's byte locks say who lives */
 }
 
 /* ---- for tests -------------------------------------------------------------------- */

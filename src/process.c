@@ -2,12 +2,18 @@
  * Processes: multiprocessing.Process on fork.
  *
  * Start forks with every signal blocked, then does the child's setup from
- * the parent side: it arms the child's lifeline (os/lifeline.c) and opens its
- * pidfd. If either fails, it kills and reaps the child and start returns the
- * error, so no setup failure ever shows up as a mysterious exit code. The
- * child itself has no step that can fail before its target: it only waits to
- * see itself armed. No round trip to the child is needed (a pipe handshake
- * would cost the parent a sleep and a cross-CPU wake-up on every start).
+ * the parent side. The child waits, before anything else, until it sees its
+ * lifeline armed (os/lifeline.c); until then it cannot run its target nor
+ * end by itself. In that time the parent opens the child's pidfd, so it holds
+ * the child from before the child can end: a child reaped behind our back
+ * (SIGCHLD ignored, another thread's waitpid(-1)) is still ours to report on,
+ * and no pid is ever signalled, only pidfds. Then the parent arms the
+ * lifeline, which releases the child. If a step fails, the parent closes the
+ * lifeline's write end instead: the child exits by itself without running
+ * the target, start reaps it and returns the error. So no setup failure shows
+ * up as a mysterious exit code, a failed start never ran the target, and the
+ * child has no step that can fail. No round trip to the child is needed (a
+ * pipe handshake would cost the parent a sleep and a cross-CPU wake-up).
  *
  * Every handle this process started stays in `g.handles` until it is freed,
  * so that at a fork the child can close the pidfds it inherited, and at exit
@@ -54,6 +60,7 @@ struct mp_process {
     pid_t pid;
     pid_t owner;      /* the process that started it */
     int pidfd;        /* -1 before start, and in the child of a fork */
+    int life_w;       /* the lifeline's write end until reaped, else -1; mu */
     int exitcode;     /* MP_EXIT_NONE until reaped; mu */
     mp_process *prev, *next; /* g.handles, once started */
 };
@@ -106,6 +113,7 @@ static void unlink_handle(mp_process *p)
 
 static void destroy(mp_process *p)
 {
+    mp__lifeline_drop(p->life_w);
     mp__close(p->pidfd);
     free(p->arg_copy);
     free(p->name);
@@ -124,6 +132,8 @@ static bool reap_locked(mp_process *p)
     /* ECHILD: someone else reaped it (SIGCHLD ignored, a waitpid(-1)). The
      * status is lost, but it has ended: never report it as running. */
     p->exitcode = r == 1 ? status : MP_EXIT_UNKNOWN;
+    mp__lifeline_drop(p->life_w); /* ended: nothing left to take down */
+    p->life_w = -1;
     return true;
 }
 
@@ -281,6 +291,7 @@ static void atfork_child(void)
     for (mp_process *p = g.handles; p; p = p->next) {
         mp__close(p->pidfd);
         p->pidfd = -1;
+        p->life_w = -1; /* closed by the lifeline's own fork handler */
     }
     g.handles = NULL;
     g.self = getpid();
@@ -315,6 +326,7 @@ int mp_process_new(mp_process **out, mp_target fn, void *arg, const mp_process_o
     p->arg = arg;
     p->daemon = o.daemon;
     p->pidfd = -1;
+    p->life_w = -1;
     p->exitcode = MP_EXIT_NONE;
     lock();
     unsigned n = ++g.counter;
@@ -351,7 +363,7 @@ __attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, pid
     g.daemon = p->daemon;
     g.parent = parent;
     g.counter = 0;
-    mp__lifeline_await(life_fd, parent);
+    mp__lifeline_await(life_fd); /* released once the parent holds us */
     mp__fork_restore(mask);
     int code = p->fn(p->arg);
     finish_children();
@@ -360,38 +372,76 @@ __attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, pid
     _exit(code);
 }
 
-/* Takes back a child that start cannot hand to its caller. */
-static void abandon(pid_t pid)
+/* Waits for a child that start gave up on: its lifeline is cut before it
+ * was armed, so it exits by itself, having run nothing. */
+static void reap_abandoned(pid_t pid, int pidfd)
 {
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+    if (pidfd >= 0) {
+        struct pollfd pf = {.fd = pidfd, .events = POLLIN};
+        while (poll(&pf, 1, -1) < 0 && errno == EINTR)
+            ;
+        int status;
+        mp__pidfd_reap(pidfd, &status);
+        mp__close(pidfd);
+        return;
+    }
+    /* No pidfd: the pid is still our unreaped child, unless someone else
+     * reaped it (then ECHILD). Waiting is safe; signalling would not be. */
+    siginfo_t si;
+    while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
         ;
 }
 
-/* Forks and arms the child. Returns its pid, or a negative code (then no
- * child is left). With start_mu held. */
-static pid_t fork_child(mp_process *p)
+/* Forks p's child and hands it over to p. 0, or a negative code: then no
+ * child is left, and none ran the target. With start_mu held. */
+static int start_locked(mp_process *p)
 {
-    int life_fd, err;
-    if ((err = mp__lifeline_prepare(&life_fd)) < 0)
+    mp__lifeline life;
+    int err = mp__lifeline_new(&life);
+    if (err)
         return err;
     pid_t parent = getpid();
     sigset_t mask;
     pid_t pid = mp__fork(&mask);
     if (pid == 0)
-        child_main(p, life_fd, parent, &mask);
+        child_main(p, life.r, parent, &mask);
     if (pid < 0) {
-        mp__close(life_fd);
+        mp__close(life.r);
+        mp__lifeline_drop(life.w);
         return pid == -ENOMEM ? MP_ENOMEM : pid;
     }
     mp__fork_restore(&mask);
-    err = mp__lifeline_bind(life_fd, pid);
-    mp__close(life_fd);
-    if (err) {
-        abandon(pid); /* unarmed: it must not run */
-        return err;
+    MP__HOOK("process.forked");
+    /* The pidfd is opened and linked in one section under mu: a plain fork
+     * in another thread waits for mu (atfork_prepare), so its child finds
+     * the pidfd in the list and closes it. */
+    lock();
+    int fd = mp__pidfd_open(pid);
+    if (fd >= 0) {
+        p->pid = pid;
+        p->pidfd = fd;
+        p->life_w = life.w;
+        p->owner = g.self;
+        link_handle(p);
     }
-    return pid;
+    unlock();
+    err = fd < 0 ? fd : mp__lifeline_bind(&life, pid);
+    if (!err) {
+        lock();
+        p->state = P_STARTED;
+        unlock();
+        return 0;
+    }
+    mp__close(life.r);
+    if (fd >= 0) {
+        lock();
+        unlink_handle(p);
+        p->pidfd = p->life_w = -1;
+        unlock();
+    }
+    mp__lifeline_drop(life.w); /* the child sees it cut, and leaves */
+    reap_abandoned(pid, fd);
+    return err;
 }
 
 int mp_process_start(mp_process *p)
@@ -407,32 +457,14 @@ int mp_process_start(mp_process *p)
     unlock();
 
     pthread_mutex_lock(&g.start_mu);
-    pid_t pid = fork_child(p);
+    int err = start_locked(p);
     pthread_mutex_unlock(&g.start_mu);
 
-    int err = pid < 0 ? (int)pid : 0;
     lock();
-    if (!err) {
-        /* The pidfd is opened and linked in one section under mu: a plain
-         * fork in another thread waits for mu (atfork_prepare), so its child
-         * finds the pidfd in the list and closes it. */
-        int fd = mp__pidfd_open(pid);
-        if (fd >= 0) {
-            p->pid = pid;
-            p->pidfd = fd;
-            p->owner = g.self;
-            p->state = P_STARTED;
-            link_handle(p);
-        } else {
-            err = fd;
-        }
-    }
     if (err)
         p->state = P_NEW;
     reap_detached_locked();
     unlock();
-    if (err && pid > 0)
-        abandon(pid); /* untrackable without its pidfd */
     return err;
 }
 

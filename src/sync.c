@@ -25,9 +25,8 @@
  *
  * Owners: Lock is an mp__olock (os/olock.c), whose waiters notice a dead
  * holder. RLock adds the owning thread: its tid (tids are unique across the
- * processes of the family, unlike pthread_self values) with a per-process
- * nonce in the high half, so that a thread of a later process that got a dead
- * owner's pid and tid back is not taken for the owner.
+ * processes of the family, unlike pthread_self values) with the process's
+ * token in the high half (see self_id).
  *
  * Condition: a FIFO queue of waiter nodes guarded by the condition's RLock.
  * Each waiter sleeps on its own node's futex word, so notify(n) wakes exactly
@@ -44,8 +43,8 @@
  * failed action, a dead party) and resetting follow Python: after a reset the
  * broken parties leave before a new round opens. An interrupted party returns
  * MP_EINTR and breaks the barrier, unless its round was released already.
- * Each party inside records its pid and start-time token in its slot;
- * sleepers look for a dead party every CHECK_NS.
+ * Each party inside records its identity (os/olock.c) in its slot; sleepers
+ * look for a dead party every mp__check_ns.
  */
 #include "mproc.h"
 
@@ -62,7 +61,6 @@
 #define SPIN_MIN_NS 1000     /* spins shrink to this when they keep failing, */
 #define SPIN_INIT_NS 20000   /* start at this, */
 #define SPIN_MAX_NS 50000    /* and grow to at most this: what a sleep costs here */
-#define CHECK_NS 250000000LL /* barrier sleepers look for dead parties this often */
 
 /* ---- common -------------------------------------------------------------- */
 
@@ -148,23 +146,21 @@ static int relock(mp__olock *l)
     return mp__olock_acquire(l, MP__NEVER, NULL); /* 0 or MP_EOWNERDEAD: held */
 }
 
-/* This thread's identity for RLock: nonce << 32 | tid, never 0. Both parts
- * are process-local and are forgotten in the child of a fork. */
+/* This thread's identity for RLock: the process's token << 32 | tid. tids
+ * are unique among the live processes of the family, and the token never
+ * repeats (os/olock.c), so a thread of a later process that got a dead
+ * owner's pid and tid back is not taken for the owner. Forgotten in the
+ * child of a fork. */
 static _Thread_local uint64_t self_tls;
-static _Atomic uint32_t nonce;
 
 static uint64_t self_id(void)
 {
     uint64_t s = self_tls;
     if (__builtin_expect(s == 0, 0)) {
-        uint32_t n = atomic_load(&nonce);
-        if (n == 0) {
-            uint64_t x = ((uint64_t)mp__now_ns() ^ (uint64_t)getpid() << 40) * 0x9e3779b97f4a7c15ull;
-            uint32_t mine = (uint32_t)(x >> 32) | 1;
-            if (atomic_compare_exchange_strong(&nonce, &n, mine))
-                n = mine; /* else n holds the one another thread made */
-        }
-        s = self_tls = (uint64_t)n << 32 | (uint32_t)gettid();
+        uint64_t me = mp__olock_self();
+        s = (me >> 32) << 32 | (uint32_t)gettid();
+        if (me) /* unregistered: it cannot own a lock, nor be taken for an owner */
+            self_tls = s;
     }
     return s;
 }
@@ -172,7 +168,6 @@ static uint64_t self_id(void)
 static void atfork_child(void)
 {
     self_tls = 0; /* the forking thread is the child's only thread */
-    atomic_store(&nonce, 0);
 }
 
 __attribute__((constructor)) static void sync_init(void) { pthread_atfork(NULL, NULL, atfork_child); }
@@ -342,11 +337,17 @@ int mp_sem_acquire(mp_sem *s, double timeout)
     if (spin(&s->spin, &s->value, 0, dl, &t0) && sem_try(s))
         return 0;
     for (;;) {
+        /* Looks again now and then: a release's wake may have gone to a
+         * waiter that died before it took the unit. */
+        int64_t look = mp__now_ns() + mp__check_ns;
         atomic_fetch_add(&s->waiters, 1);
-        r = mp__futex_wait(&s->value, 0, dl, &w);
+        r = mp__futex_wait(&s->value, 0, dl < look ? dl : look, &w);
         atomic_fetch_sub(&s->waiters, 1);
         if (r == MP_EINTR)
             break;
+        MP__HOOK("sem.woken");
+        if (r == MP_ETIMEDOUT && dl > look)
+            r = 0; /* only the look's time */
         if (sem_try(s)) {
             spin_learn(&s->spin, t0, true);
             return 0;
@@ -472,24 +473,39 @@ void mp_event_free(mp_event *e) { mp_shared_free(e); }
 
 /* A waiter's node, in the arena. */
 struct cnode {
-    _Atomic uint32_t notified; /* the futex word: 0 waiting, 1 notified */
+    _Atomic uint32_t notified;        /* the futex word: 0 waiting, 1 notified */
     uint32_t pad;
-    struct cnode *next;        /* in the queue or among the spares */
-    struct cnode *all;         /* every node of the condition, for mp_cond_free */
+    _Atomic uint64_t owner;           /* the waiter's process (mp__olock_self) */
+    struct cnode *_Atomic next;       /* in the queue or among the spares */
+    struct cnode *all;                /* every node of the condition, for mp_cond_free */
 };
-static_assert(sizeof(struct cnode) == 24, "cnode is shared: fixed layout");
+static_assert(sizeof(struct cnode) == 32, "cnode is shared: fixed layout");
 
-/* Shared layout. Lock rules: *lock guards head, tail, spares, all, and every
- * node's next; a node's notified goes 0 -> 1 under *lock (notify) and is read
- * by its waiter with or without it. Arena pointers only. */
+/* Shared layout. Lock rules: *lock guards head, spares, all, and every
+ * node's next and owner; a node's notified goes 0 -> 1 under *lock (notify)
+ * and is read by its waiter with or without it. Arena pointers only.
+ *
+ * A process may die at any instant while it holds the lock, so every change
+ * to the queue or the spares is one store (a link or an unlink) and the
+ * queue has no tail pointer to fall out of step with it: a death between two
+ * stores leaves both lists whole, at worst with a node on neither (it stays
+ * on `all`, and is freed with the condition). A notify marks a waiter before
+ * it unlinks and wakes it, and sleepers look at their word now and then, so
+ * a notifier that dies midway still notifies. A waiter that died in its wait
+ * is found by the notify that reaches it (its futex wake wakes no one, and
+ * the kernel says its process has ended): its node is reclaimed and the
+ * notification goes to the next waiter. */
 struct mp_cond {
     mp_rlock *lock;            /* &own or the caller's RLock; fixed */
-    struct cnode *head, *tail; /* waiting, oldest first */
-    struct cnode *spares;
+    struct cnode *_Atomic head; /* waiting, oldest first; the last one's next is NULL */
+    struct cnode *_Atomic spares;
     struct cnode *all;
     mp_rlock own;
 };
-static_assert(sizeof(struct mp_cond) == 64, "mp_cond is shared: fixed layout");
+static_assert(sizeof(struct mp_cond) == 56, "mp_cond is shared: fixed layout");
+
+#define LINK(field, v) atomic_store_explicit(&(field), (v), memory_order_release)
+#define NEXT(k) atomic_load_explicit(&(k)->next, memory_order_relaxed)
 
 int mp_cond_new(mp_cond **out, mp_rlock *lock)
 {
@@ -509,28 +525,66 @@ int mp_cond_acquire(mp_cond *c, double timeout)
 
 int mp_cond_release(mp_cond *c) { return c ? mp_rlock_release(c->lock) : MP_EINVAL; }
 
-/* With the lock held: wakes the n oldest waiters. */
+/* With the lock held: k goes to the spares. */
+static void spare(mp_cond *c, struct cnode *k)
+{
+    LINK(k->next, atomic_load_explicit(&c->spares, memory_order_relaxed));
+    LINK(c->spares, k);
+}
+
+/* With the lock held: wakes the n oldest live waiters. */
 static void notify_locked(mp_cond *c, unsigned n)
 {
-    for (; n > 0 && c->head; n--) {
-        struct cnode *k = c->head;
-        if (!(c->head = k->next))
-            c->tail = NULL;
+    struct cnode *k;
+    while (n > 0 && (k = atomic_load_explicit(&c->head, memory_order_relaxed))) {
+        if (atomic_load_explicit(&k->notified, memory_order_relaxed)) {
+            LINK(c->head, NEXT(k)); /* marked by a notifier that died: already notified */
+            continue;
+        }
         atomic_store_explicit(&k->notified, 1, memory_order_release);
-        mp__futex_wake(&k->notified, 1); /* k stays valid: freed only with c */
+        MP__HOOK("cond.notify.marked");
+        LINK(c->head, NEXT(k));
+        MP__HOOK("cond.notify.unlinked");
+        /* No one woken: its waiter has not slept yet, or has ended. */
+        if (mp__futex_wake(&k->notified, 1) == 0 &&
+            mp__owner_state(atomic_load_explicit(&k->owner, memory_order_relaxed)) == MP__OWNER_DEAD) {
+            spare(c, k); /* no one will use it: the notification goes on */
+            continue;
+        }
+        n--;
     }
 }
 
+/* With the lock held: takes k out of the queue, if it is there. */
 static void unlink_node(mp_cond *c, struct cnode *k)
 {
-    struct cnode **p = &c->head, *prev = NULL;
-    while (*p && *p != k)
-        prev = *p, p = &(*p)->next;
-    if (!*p)
-        return;
-    *p = k->next;
-    if (c->tail == k)
-        c->tail = prev;
+    struct cnode *_Atomic *p = &c->head, *q;
+    while ((q = atomic_load_explicit(p, memory_order_relaxed)) && q != k)
+        p = &q->next;
+    if (q)
+        LINK(*p, NEXT(k));
+}
+
+/* With the lock held: a node for this waiter, last in the queue. */
+static struct cnode *enqueue(mp_cond *c)
+{
+    struct cnode *k = atomic_load_explicit(&c->spares, memory_order_relaxed);
+    if (k) {
+        LINK(c->spares, NEXT(k));
+    } else {
+        if (!(k = mp_shared_calloc(1, sizeof *k)))
+            return NULL;
+        k->all = c->all;
+        c->all = k;
+    }
+    atomic_store_explicit(&k->notified, 0, memory_order_relaxed);
+    atomic_store_explicit(&k->owner, mp__olock_self(), memory_order_relaxed);
+    LINK(k->next, NULL);
+    struct cnode *_Atomic *p = &c->head, *q;
+    while ((q = atomic_load_explicit(p, memory_order_relaxed)))
+        p = &q->next;
+    LINK(*p, k);
+    return k;
 }
 
 int mp_cond_wait(mp_cond *c, double timeout)
@@ -544,37 +598,28 @@ int mp_cond_wait(mp_cond *c, double timeout)
     int r = mp__wait_begin(&w);
     if (r)
         return r;
-    struct cnode *k = c->spares;
-    if (k) {
-        c->spares = k->next;
-    } else {
-        if (!(k = mp_shared_calloc(1, sizeof *k)))
-            return MP_ENOMEM;
-        k->all = c->all;
-        c->all = k;
+    struct cnode *k = enqueue(c);
+    if (!k) {
+        mp__wait_end(&w);
+        return MP_ENOMEM;
     }
-    atomic_store_explicit(&k->notified, 0, memory_order_relaxed);
-    k->next = NULL;
-    if (c->tail)
-        c->tail->next = k;
-    else
-        c->head = k;
-    c->tail = k;
-
     int64_t dl = deadline(timeout);
     uint32_t depth = give_up(l);
-    while (r == 0 && !atomic_load_explicit(&k->notified, memory_order_acquire))
-        r = mp__futex_wait(&k->notified, 0, dl, &w);
+    MP__HOOK("cond.wait.sleep");
+    while (r == 0 && !atomic_load_explicit(&k->notified, memory_order_acquire)) {
+        int64_t look = mp__now_ns() + mp__check_ns; /* a notifier may die before its wake */
+        r = mp__futex_wait(&k->notified, 0, dl < look ? dl : look, &w);
+        if (r == MP_ETIMEDOUT && dl > look)
+            r = 0;
+    }
     mp__wait_end(&w);
 
     bool intr = r == MP_EINTR;
     int got = relock(&l->ol);
     take(l, depth);
     bool notified = atomic_load_explicit(&k->notified, memory_order_relaxed);
-    if (!notified)
-        unlink_node(c, k);
-    k->next = c->spares;
-    c->spares = k;
+    unlink_node(c, k); /* still there unless a notify took it out */
+    spare(c, k);
     if (intr && notified)
         notify_locked(c, 1); /* we return MP_EINTR: hand our notification on */
     if (got == MP_EOWNERDEAD) {
@@ -619,7 +664,7 @@ enum {
 
 struct party {
     _Atomic int32_t pid;    /* 0: a free slot */
-    _Atomic uint32_t token; /* its process's start-time token (os/olock.c) */
+    _Atomic uint32_t token; /* with pid, its process's identity (os/olock.c) */
 };
 static_assert(sizeof(struct party) == 8, "party is shared: fixed layout");
 
@@ -695,10 +740,10 @@ static void leave(mp_barrier *b, uint32_t i)
  * reset stops waiting for it. true if it found one. */
 static bool reap_dead(mp_barrier *b, uint32_t i, uint32_t n)
 {
-    pid_t me = mp__olock_owner(&b->lock);
     for (; n > 0; n--, i = (i + 1) % b->parties) {
-        pid_t pid = atomic_load(&b->slot[i].pid);
-        if (pid == 0 || pid == me || !mp__proc_dead(pid, atomic_load(&b->slot[i].token)))
+        uint32_t pid = (uint32_t)atomic_load(&b->slot[i].pid);
+        uint64_t id = (uint64_t)atomic_load(&b->slot[i].token) << 32 | pid;
+        if (pid == 0 || mp__owner_state(id) != MP__OWNER_DEAD)
             continue;
         uint32_t st = atomic_load(&b->state);
         if (st == FILLING || st == ACTION)
@@ -739,7 +784,7 @@ static int await_open(mp_barrier *b, mp__waiter *w, int64_t dl, int64_t *check)
         int64_t now = mp__now_ns();
         int r = now >= dl ? MP_ETIMEDOUT : 0;
         if (!r && now >= *check) {
-            *check = now + CHECK_NS;
+            *check = now + mp__check_ns;
             reap_dead(b, 0, b->parties);
             continue;
         }
@@ -811,7 +856,7 @@ static int await_release(mp_barrier *b, uint32_t i, mp__waiter *w, int64_t dl, i
         if (now >= check) {
             /* Each sleeper watches the next party in the ring, so any death
              * is seen by a live party, at a cost that grows with parties. */
-            check = now + CHECK_NS;
+            check = now + mp__check_ns;
             uint32_t n = atomic_load(&b->count);
             if (n > 1 && reap_dead(b, (i + 1) % n, 1)) {
                 leave(b, i);
@@ -834,7 +879,7 @@ int mp_barrier_wait(mp_barrier *b, double timeout)
     int r = begin(b, timeout, &w);
     if (r)
         return r;
-    int64_t dl = deadline(timeout), check = mp__now_ns() + CHECK_NS;
+    int64_t dl = deadline(timeout), check = mp__now_ns() + mp__check_ns;
     bar_lock(b);
     r = await_open(b, &w, dl, &check);
     if (r) {

@@ -70,9 +70,10 @@ int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__w
     return r;
 }
 
-void mp__futex_wake(_Atomic uint32_t *addr, int n)
+int mp__futex_wake(_Atomic uint32_t *addr, int n)
 {
-    syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+    long r = syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+    return r < 0 ? -errno : (int)r;
 }
 
 void mp__futex_wake_private(_Atomic uint32_t *addr, int n)

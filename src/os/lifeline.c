@@ -6,48 +6,87 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdio.h>
-#include <sys/prctl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
-/* This process's family pipe, made on first use: [0] read, [1] write. pipe2
- * fills it in place, so the child of a plain fork in another thread finds
- * the descriptors to close (see atfork_child). */
-static int fam[2] = {-1, -1};
-#define fam_r fam[0]
-#define fam_w fam[1]
+/* The write ends this process holds for its children. A child of any fork
+ * (ours or a plain one, from any thread) closes them all at once, so that no
+ * one but the parent ever holds a child's write end. mu is held across fork
+ * (atfork), so a write end is either in the list when a fork happens, or
+ * does not exist yet. */
+static struct {
+    pthread_mutex_t mu;
+    int *fd;
+    size_t n, cap;
+} held = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-int mp__lifeline_prepare(int *child_fd)
+/* With held.mu: lists fd. */
+static int hold(int fd)
 {
-    *child_fd = -1;
-    if (fam_w < 0 && mp__sys.pipe2(fam, O_CLOEXEC) < 0) {
-        fam_r = fam_w = -1;
-        return -errno;
+    if (held.n == held.cap) {
+        size_t cap = held.cap ? held.cap * 2 : 16;
+        int *nf = realloc(held.fd, cap * sizeof *nf);
+        if (!nf)
+            return -ENOMEM;
+        held.fd = nf;
+        held.cap = cap;
     }
-    /* A description of the child's own: F_SETOWN is per description. */
-    char path[40];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fam_r);
-    int fd = mp__sys.open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0);
-    if (fd >= 0) {
-        *child_fd = fd;
-        return 0;
-    }
-    if (errno == ENOENT || errno == EACCES) /* no /proc: the child uses PDEATHSIG */
-        return 0;
-    return -errno;
+    held.fd[held.n++] = fd;
+    return 0;
 }
 
-int mp__lifeline_bind(int fd, pid_t child)
+int mp__lifeline_new(mp__lifeline *l)
 {
-    if (fd < 0)
-        return 0; /* the child uses PR_SET_PDEATHSIG */
-    /* Owner last: a child that sees itself as the owner is fully armed. */
+    int fds[2], err = 0;
+    l->r = l->w = -1;
+    /* mu from before the pipe exists until its write end is listed: a fork
+     * in another thread either comes first or finds it in the list. */
+    pthread_mutex_lock(&held.mu);
+    if (mp__sys.pipe2(fds, O_CLOEXEC) < 0) {
+        err = -errno;
+        goto out;
+    }
+    /* Armed but for its owner: with no owner, no signal can fire yet. */
+    if (mp__sys.fcntl(fds[0], F_SETSIG, SIGKILL) < 0 ||
+        mp__sys.fcntl(fds[0], F_SETFL, O_RDONLY | O_NONBLOCK | O_ASYNC) < 0)
+        err = -errno;
+    else
+        err = hold(fds[1]);
+    if (err) {
+        mp__close(fds[0]);
+        mp__close(fds[1]);
+        goto out;
+    }
+    l->r = fds[0];
+    l->w = fds[1];
+out:
+    pthread_mutex_unlock(&held.mu);
+    return err;
+}
+
+int mp__lifeline_bind(mp__lifeline *l, pid_t child)
+{
+    /* The owner is the last step: a child that sees itself as the owner is
+     * fully armed, and may run. */
     struct f_owner_ex own = {.type = F_OWNER_PID, .pid = child};
-    if (mp__sys.fcntl(fd, F_SETSIG, SIGKILL) < 0 ||
-        mp__sys.fcntl(fd, F_SETFL, O_RDONLY | O_NONBLOCK | O_ASYNC) < 0 ||
-        mp__sys.fcntl(fd, F_SETOWN_EX, (long)&own) < 0)
-        return -errno;
-    return 0;
+    int r = mp__sys.fcntl(l->r, F_SETOWN_EX, (long)&own) < 0 ? -errno : 0;
+    mp__close(l->r);
+    l->r = -1;
+    return r;
+}
+
+void mp__lifeline_drop(int w)
+{
+    if (w < 0)
+        return;
+    pthread_mutex_lock(&held.mu);
+    for (size_t i = 0; i < held.n; i++)
+        if (held.fd[i] == w) {
+            held.fd[i] = held.fd[--held.n];
+            break;
+        }
+    mp__close(w); /* under mu: no fork copies it half-forgotten */
+    pthread_mutex_unlock(&held.mu);
 }
 
 static bool parent_gone(int fd)
@@ -56,20 +95,16 @@ static bool parent_gone(int fd)
     return poll(&pf, 1, 0) == 1 && (pf.revents & POLLHUP);
 }
 
-void mp__lifeline_await(int fd, pid_t parent)
+void mp__lifeline_await(int fd)
 {
-    if (fd < 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) /* the parent died before that */
-            _exit(128 + SIGKILL);
-        return;
-    }
     pid_t me = getpid();
     for (int spins = 0;; spins++) {
         struct f_owner_ex own = {0};
         if (fcntl(fd, F_GETOWN_EX, &own) == 0 && own.pid == me)
             break;
-        if (parent_gone(fd)) /* died before arming us: no signal will come */
+        /* The write end closed before we were armed: the parent died, or
+         * gave up on this start. Either way the target must not run. */
+        if (parent_gone(fd))
             _exit(128 + SIGKILL);
         if (spins < 100)
             sched_yield(); /* the parent arms us within microseconds */
@@ -79,16 +114,22 @@ void mp__lifeline_await(int fd, pid_t parent)
     /* Armed: from here the parent's death kills us. */
 }
 
-/* A child (of mp__fork or of a plain fork) must not hold its parent's write
- * end, or the parent's children would outlive the parent. */
+static void atfork_prepare(void) { pthread_mutex_lock(&held.mu); }
+static void atfork_parent(void) { pthread_mutex_unlock(&held.mu); }
+
+/* In any child: the write ends are the parent's, for the parent's children. */
 static void atfork_child(void)
 {
-    mp__close(fam_r);
-    mp__close(fam_w);
-    fam_r = fam_w = -1;
+    for (size_t i = 0; i < held.n; i++)
+        mp__close(held.fd[i]);
+    held.n = 0;
+    held.mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 }
 
-__attribute__((constructor)) static void lifeline_init(void)
+/* Registered early, so that its prepare handler runs after those of the
+ * layers above (the reverse order): a caller that holds process.c's lock may
+ * drop a write end (mu) after it, never the other way round. */
+__attribute__((constructor(102))) static void lifeline_init(void)
 {
-    pthread_atfork(NULL, NULL, atfork_child);
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }

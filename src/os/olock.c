@@ -4,18 +4,31 @@
  * The kernel's robust-futex list would clean up after a dead holder, but each
  * thread has one list head and the C library owns it (set_robust_list(2)).
  * So the lock word names its owner instead, and a waiter that has slept a
- * while checks whether the owner still lives:
+ * while asks the kernel whether the owner still lives:
  *
  *   bits  0..29  the owner's pid (pid_max is at most 2^22)   \  the futex:
  *   bit   31     WAITERS: someone may sleep on the word       /  low 32 bits
- *   bits 32..63  the owner's token: the low 32 bits of its start time
+ *   bits 32..63  the owner's token: a serial number, family-wide
  *
- * The token tells a dead owner from a new process that got its pid back.
+ * Who lives: every process of the family that takes a lock first registers.
+ * It draws a token from a counter in shared memory (never repeats until 2^32
+ * processes later, and then only with the same pid too) and takes a POSIX
+ * record lock on one byte of the family's file (the arena's memfd), at an
+ * offset made of its pid and token. The kernel drops a process's record locks
+ * when the process ends, however it ends (SIGKILL included), before it even
+ * becomes a zombie, and never while any of its threads runs. A waiter asks
+ * with F_GETLK whether that byte is still held: unheld means the owner has
+ * ended. So life and death are the kernel's word, with no /proc, no pid
+ * namespace to get wrong, no pid that can be reused under us (the token is
+ * part of the byte), and no descriptor to open (a waiter at its descriptor
+ * limit still sees). A check that fails says nothing, and the waiter asks
+ * again later: a live holder is never declared dead.
+ *
  * Uncontended acquire is one compare-and-swap, release one exchange: no
  * system call. A contended acquire spins briefly, then sleeps on the futex;
- * every CHECK_NS of sleep it checks the owner: a different start time in
- * /proc/<pid>/stat, or a pidfd that says the whole process has ended, means
- * the owner died, and the waiter takes the lock over with MP_EOWNERDEAD.
+ * every mp__check_ns of sleep it checks the owner, and takes the lock over
+ * with MP_EOWNERDEAD if it has ended. The same check wakes it if a release's
+ * wake went to a waiter that died before it could take the lock.
  */
 #include "os.h"
 
@@ -23,93 +36,88 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define WAITERS 0x80000000u
 #define PID_MASK 0x3fffffffu
+#define ID_MASK (~(uint64_t)WAITERS) /* a word without WAITERS: token << 32 | pid */
 #define SPIN 100
-#define CHECK_NS 250000000LL
+#define LIVE_BASE ((off_t)1 << 62) /* liveness bytes: far past any data */
 
-static uint64_t self_word; /* token << 32 | pid; 0 until first use in this process */
+int64_t mp__check_ns = 250000000;
 
-/* Reads pid's state letter and start time from /proc. -errno on failure. */
-static int proc_stat(pid_t pid, char *state, unsigned long long *start)
+static int live_fd = -1;               /* the family's file: liveness bytes */
+static _Atomic uint32_t *live_serial;  /* the family's token counter */
+static _Atomic uint64_t self_word;     /* token << 32 | pid; 0: not registered */
+static pthread_mutex_t enroll_mu = PTHREAD_MUTEX_INITIALIZER; /* one registration at a time */
+
+void mp__olock_setup(int fd, _Atomic uint32_t *serial)
 {
-    char path[32], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    int e = errno;
-    mp__close(fd);
-    if (n <= 0)
-        return n < 0 ? -e : -ESRCH;
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')'); /* the name may hold spaces and ')' */
-    if (!p || p[1] != ' ')
-        return -EINVAL;
-    *state = p[2];
-    /* After ") S": fields 4..22; the start time is field 22. */
-    p += 2;
-    for (int field = 3; field < 22; field++) {
-        p = strchr(p, ' ');
-        if (!p)
-            return -EINVAL;
-        p++;
-    }
-    *start = strtoull(p, NULL, 10);
-    return 0;
+    live_fd = fd;
+    live_serial = serial;
 }
 
-static uint64_t compute_self(void)
+static off_t live_byte(uint64_t id)
 {
-    pid_t pid = getpid();
-    char st;
-    unsigned long long start = 0;
-    uint32_t token = proc_stat(pid, &st, &start) == 0 ? (uint32_t)start : 0;
-    return (uint64_t)token << 32 | (uint32_t)pid;
+    return LIVE_BASE | (off_t)((id & PID_MASK) << 32 | id >> 32);
+}
+
+static struct flock byte_lock(uint64_t id)
+{
+    return (struct flock){.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = live_byte(id), .l_len = 1};
+}
+
+/* Registers this process: 0, or -errno (then it holds no lock). */
+static int enroll(void)
+{
+    if (live_fd < 0 || !live_serial)
+        return -ENOLCK;
+    uint32_t pid = (uint32_t)getpid();
+    for (int tries = 0; tries < 4; tries++) {
+        uint32_t token = atomic_fetch_add(live_serial, 1) + 1;
+        if (token == 0)
+            continue; /* 0 means "no token" */
+        uint64_t id = (uint64_t)token << 32 | pid;
+        struct flock fl = byte_lock(id);
+        if (mp__sys.fcntl(live_fd, F_SETLK, (long)&fl) == 0) {
+            atomic_store_explicit(&self_word, id, memory_order_relaxed);
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EACCES)
+            return -errno;
+        /* Held by a live process: only after the counter wrapped. Draw again. */
+    }
+    return -ENOLCK;
 }
 
 static inline uint64_t self(void)
 {
-    uint64_t s = atomic_load_explicit((_Atomic uint64_t *)&self_word, memory_order_relaxed);
+    uint64_t s = atomic_load_explicit(&self_word, memory_order_relaxed);
     if (__builtin_expect(s == 0, 0)) {
-        s = compute_self();
-        atomic_store_explicit((_Atomic uint64_t *)&self_word, s, memory_order_relaxed);
+        pthread_mutex_lock(&enroll_mu);
+        if (!(s = atomic_load_explicit(&self_word, memory_order_relaxed)) && enroll() == 0)
+            s = atomic_load_explicit(&self_word, memory_order_relaxed);
+        pthread_mutex_unlock(&enroll_mu);
     }
     return s;
 }
 
 uint64_t mp__olock_self(void) { return self(); }
 
-bool mp__proc_dead(pid_t pid, uint32_t token)
+int mp__owner_state(uint64_t id)
 {
-    /* A start time that differs: the pid now names another process. */
-    char st;
-    unsigned long long start;
-    int r = proc_stat(pid, &st, &start);
-    if (r == -ENOENT || r == -ESRCH)
-        return true;
-    if (r == 0 && token != 0 && (uint32_t)start != token)
-        return true;
-    /* Not the state letter: a leader thread that has exited shows 'Z' while
-     * other threads of its process still run (and may hold the lock). A
-     * pidfd is readable only once the whole thread group has ended. */
-    int fd = mp__pidfd_open(pid);
-    if (fd == -ESRCH)
-        return true;
-    if (fd < 0)
-        return false;
-    struct pollfd pf = {.fd = fd, .events = POLLIN};
-    bool dead = poll(&pf, 1, 0) == 1;
-    mp__close(fd);
-    return dead;
+    id &= ID_MASK;
+    if ((uint32_t)id == 0 || (id >> 32) == 0)
+        return MP__OWNER_UNKNOWN; /* not an identity this library wrote */
+    uint64_t me = self();
+    if (id == me)
+        return MP__OWNER_ALIVE; /* F_GETLK never reports our own locks */
+    struct flock fl = byte_lock(id);
+    if (live_fd < 0 || mp__sys.fcntl(live_fd, F_GETLK, (long)&fl) < 0)
+        return MP__OWNER_UNKNOWN;
+    return fl.l_type == F_UNLCK ? MP__OWNER_DEAD : MP__OWNER_ALIVE;
 }
 
 static _Atomic uint32_t *futex_word(mp__olock *l)
@@ -139,14 +147,33 @@ static void leave(mp__olock *l)
 
 bool mp__olock_try(mp__olock *l)
 {
-    uint64_t zero = 0;
-    return atomic_compare_exchange_strong_explicit(&l->w, &zero, self(), memory_order_acquire,
-                                                   memory_order_relaxed);
+    uint64_t zero = 0, me = self();
+    return me && atomic_compare_exchange_strong_explicit(&l->w, &zero, me, memory_order_acquire,
+                                                         memory_order_relaxed);
+}
+
+/* Registration failed: an interruptible call reports it; the library's own
+ * short sections (no waiter) retry, as the failure is a passing shortage. */
+static int unregistered(int64_t deadline, mp__waiter *w, uint64_t *me)
+{
+    while (!(*me = self())) {
+        if (w)
+            return MP_ENOMEM;
+        if (deadline != MP__NEVER && mp__now_ns() >= deadline)
+            return MP_ETIMEDOUT;
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    return 0;
 }
 
 int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w)
 {
     uint64_t me = self(), cur = 0;
+    if (__builtin_expect(!me, 0)) {
+        int err = unregistered(deadline, w, &me);
+        if (err)
+            return err;
+    }
     if (atomic_compare_exchange_strong_explicit(&l->w, &cur, me, memory_order_acquire,
                                                 memory_order_relaxed))
         return 0;
@@ -160,7 +187,7 @@ int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w)
                                                   memory_order_relaxed))
             return 0;
     }
-    int64_t check = mp__now_ns() + CHECK_NS;
+    int64_t check = mp__now_ns() + mp__check_ns;
     for (;;) {
         cur = atomic_load_explicit(&l->w, memory_order_relaxed);
         if ((uint32_t)cur == 0) {
@@ -175,18 +202,21 @@ int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w)
                                                    memory_order_relaxed, memory_order_relaxed))
             continue;
         cur |= WAITERS;
+        MP__HOOK("olock.sleep");
         int r = mp__futex_wait(futex_word(l), (uint32_t)cur, deadline < check ? deadline : check, w);
         if (r == MP_EINTR) {
             leave(l);
             return r;
         }
+        MP__HOOK("olock.woken");
         int64_t now = mp__now_ns();
         if (now >= check) {
-            check = now + CHECK_NS;
+            check = now + mp__check_ns;
             uint64_t seen = atomic_load(&l->w);
-            if ((uint32_t)seen != 0 && (uint32_t)seen != (uint32_t)(me | WAITERS) &&
-                (seen & PID_MASK) != (me & PID_MASK) &&
-                mp__proc_dead((pid_t)(seen & PID_MASK), (uint32_t)(seen >> 32)) &&
+            /* The whole identity, never the pid alone: a process that got a
+             * dead holder's pid back is not that holder. */
+            if ((uint32_t)seen != 0 && (seen & ID_MASK) != me &&
+                mp__owner_state(seen) == MP__OWNER_DEAD &&
                 atomic_compare_exchange_strong(&l->w, &seen, me | WAITERS))
                 return MP_EOWNERDEAD;
         }
@@ -209,6 +239,11 @@ int mp__olock_release(mp__olock *l)
     return 0;
 }
 
-static void atfork_child(void) { self_word = 0; }
+/* The child of a fork holds no record lock: it registers anew on first use. */
+static void atfork_child(void)
+{
+    atomic_store_explicit(&self_word, 0, memory_order_relaxed);
+    enroll_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+}
 
 __attribute__((constructor)) static void olock_init(void) { pthread_atfork(NULL, NULL, atfork_child); }

@@ -27,7 +27,7 @@ struct mp__sys {
     pid_t (*fork)(void);
     int (*pipe2)(int fds[2], int flags);
     int (*open)(const char *path, int flags, mode_t mode);
-    int (*fcntl)(int fd, int cmd, long arg); /* integer-argument commands */
+    int (*fcntl)(int fd, int cmd, long arg); /* a pointer argument passes as a long */
     int (*pidfd_open)(pid_t pid, unsigned flags);
     int (*memfd_create)(const char *name, unsigned flags);
     int (*ftruncate)(int fd, off_t len);
@@ -36,6 +36,17 @@ struct mp__sys {
 };
 extern struct mp__sys mp__sys;
 void mp__sys_reset(void); /* back to the real calls (tests) */
+
+/* Test hooks: a test sets mp__hook, and the library calls it with the name of
+ * the point it has reached (MP__HOOK in the code), so that a test can kill a
+ * process at an exact step of a protocol. NULL (always, outside tests): one
+ * load and a branch, only on slow paths. */
+extern void (*mp__hook)(const char *where);
+#define MP__HOOK(where)                                                        \
+    do {                                                                       \
+        if (__builtin_expect(mp__hook != NULL, 0))                             \
+            mp__hook(where);                                                   \
+    } while (0)
 
 /* close() that keeps errno and ignores EINTR (never retried: the fd is gone). */
 void mp__close(int fd);
@@ -53,6 +64,7 @@ int mp__deadline(double timeout, int64_t *deadline);
  * progress. A wait claims a slot first, so the interrupter can find it. */
 typedef struct mp__waiter {
     unsigned gen;  /* interrupt generation at entry */
+    unsigned taken; /* the generation it marked delivered, if it did */
     int slot;      /* index in the slot table, or -1 (then it polls in slices) */
     bool claimed;  /* a slot was looked for (mp__wait_fd) */
 } mp__waiter;
@@ -79,7 +91,7 @@ _Atomic uint32_t *mp__intr_word(void);
  * w must come from mp__wait_begin; NULL makes the wait deaf to interrupts
  * (for the library's own short critical sections, such as the allocator's). */
 int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__waiter *w);
-void mp__futex_wake(_Atomic uint32_t *addr, int n);
+int mp__futex_wake(_Atomic uint32_t *addr, int n); /* how many it woke, or -errno */
 void mp__futex_wake_private(_Atomic uint32_t *addr, int n); /* async-signal-safe */
 static inline void mp__cpu_relax(void)
 {
@@ -96,13 +108,21 @@ static inline void mp__cpu_relax(void)
  * A process-shared mutex that survives its holder's death; every lock of the
  * library (and the arena's allocator) is one. 8 bytes, zero = unlocked, so
  * zeroed shared memory is a ready lock. Any thread of any process of the
- * family may release it. See olock.c for the word's layout. */
+ * family may release it. See olock.c for the word's layout and for how the
+ * kernel tells who lives. */
 typedef struct mp__olock { _Atomic uint64_t w; } mp__olock;
 
+/* Gives the owner lock the family's file (whose byte-range locks say which
+ * processes live) and a zeroed counter in shared memory for the tokens. The
+ * arena calls it at load, before any fork; until then no process can own a
+ * lock. */
+void mp__olock_setup(int fd, _Atomic uint32_t *serial);
+
 /* 0 acquired; MP_EOWNERDEAD acquired, and the previous holder's process died
- * holding it (noticed within ~0.25 s of sleeping on it); MP_ETIMEDOUT;
- * MP_EINTR. w: from mp__wait_begin, or NULL for a wait that no interrupt
- * ends. */
+ * holding it (noticed within ~mp__check_ns of sleeping on it); MP_ETIMEDOUT;
+ * MP_EINTR; MP_ENOMEM if this process could not register (w non-NULL; the
+ * library's own sections, w NULL, retry instead). w: from mp__wait_begin, or
+ * NULL for a wait that no interrupt ends. */
 int mp__olock_acquire(mp__olock *l, int64_t deadline, mp__waiter *w);
 bool mp__olock_try(mp__olock *l); /* never blocks */
 int mp__olock_release(mp__olock *l); /* 0, or MP_EPERM if it was not locked */
@@ -115,10 +135,17 @@ static inline pid_t mp__olock_owner(const mp__olock *l)
 {
     return (pid_t)((uint32_t)atomic_load_explicit(&((mp__olock *)l)->w, memory_order_relaxed) & 0x3fffffffu);
 }
-/* This process's identity in a lock word: token << 32 | pid. */
+/* This process's identity: token << 32 | pid, registered with the kernel on
+ * first use; 0 if it could not register. Never repeats in the family. */
 uint64_t mp__olock_self(void);
-/* true if the process with this pid and token (0: unknown) has ended. */
-bool mp__proc_dead(pid_t pid, uint32_t token);
+/* Whether the process with this identity (a lock word; WAITERS is ignored)
+ * still lives, in the kernel's word. UNKNOWN when the kernel could not be
+ * asked: ask again later, never take it for dead. */
+enum { MP__OWNER_ALIVE, MP__OWNER_DEAD, MP__OWNER_UNKNOWN };
+int mp__owner_state(uint64_t id);
+/* How often sleepers look for a dead owner or a lost wake-up (ns; tests may
+ * stretch it to prove that a wake-up needs no such look). */
+extern int64_t mp__check_ns;
 
 /* ---- pidfd (pidfd.c) ----------------------------------------------------- */
 int mp__pidfd_open(pid_t pid);          /* close-on-exec pidfd, or -errno */
@@ -136,21 +163,30 @@ pid_t mp__fork(sigset_t *mask); /* pid, 0 in the child, -errno (mask restored) *
 void mp__fork_restore(const sigset_t *mask);
 
 /* ---- lifeline (lifeline.c) ---------------------------------------------
- * Children die with their parent process, however it dies. The parent keeps
- * the write end of one "family" pipe and no one else holds it. Before each
- * fork it opens a fresh file description of the read end (F_SETOWN is per
- * description); after the fork it arms that description for the child:
- * F_SETSIG(SIGKILL), O_ASYNC, then F_SETOWN_EX(child) last. When the parent
- * process dies, the kernel closes its write end and sends SIGKILL to every
- * armed child, whichever thread forked them (PR_SET_PDEATHSIG follows the
- * thread). The child only waits until it sees itself armed, or sees the
- * parent already gone. Arming in the parent means the child has no setup
- * step that can fail, and start needs no round trip to the child. Where
- * /proc is not mounted, the child falls back to PR_SET_PDEATHSIG.
- * The caller serialises mp__lifeline_prepare calls. */
-int mp__lifeline_prepare(int *child_fd);         /* parent, before fork; *child_fd may be -1 */
-int mp__lifeline_bind(int child_fd, pid_t child); /* parent, after fork; 0 or -errno */
-void mp__lifeline_await(int child_fd, pid_t parent); /* child: returns once armed, or _exits */
+ * Children die with their parent process, however it dies, whichever thread
+ * started them. Each child gets a pipe of its own: the parent holds the only
+ * write end (every fork's child closes the write ends it inherited), and the
+ * child the read end, armed so that the kernel sends the child SIGKILL when
+ * the write end closes: F_SETSIG(SIGKILL) and O_ASYNC before the fork, the
+ * owner (F_SETOWN_EX, the child) after it, last. A process's descriptors
+ * close when its last thread ends, however it ends, so this follows the
+ * process, not a thread (PR_SET_PDEATHSIG follows the thread that forked),
+ * and needs no /proc. The write end is close-on-exec, so a parent's exec
+ * also ends its children: the program that made the family is gone.
+ *
+ * The child waits until it sees itself armed, which is also how the parent
+ * releases it once it holds the child's pidfd; if the write end closes
+ * first (the parent died, or gave up on the start) it exits without running
+ * anything. So the parent can always back out of a start without a signal:
+ * it closes the write end. */
+typedef struct mp__lifeline {
+    int r; /* the child's end; closed in the parent by mp__lifeline_bind */
+    int w; /* the parent's end: mp__lifeline_drop once the child is reaped */
+} mp__lifeline;
+int mp__lifeline_new(mp__lifeline *l);             /* parent, before fork; 0 or -errno */
+int mp__lifeline_bind(mp__lifeline *l, pid_t child); /* parent, after fork: arms and releases */
+void mp__lifeline_drop(int w);                     /* parent: closes a write end (no-op for -1) */
+void mp__lifeline_await(int r);                    /* child: returns once armed, or _exits */
 
 /* ---- CPUs (cpu.c) -------------------------------------------------------- */
 int mp__cpu_online(void);

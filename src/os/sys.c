@@ -25,6 +25,8 @@ static const struct mp__sys real = {
 
 struct mp__sys mp__sys = real;
 
+void (*mp__hook)(const char *where);
+
 void mp__sys_reset(void) { mp__sys = real; }
 
 void mp__close(int fd)

@@ -18,7 +18,11 @@
  *
  * "Consumed": an interrupt wakes every wait that began before it; the first
  * call that begins after it, if none was waiting, returns MP_EINTR at once.
- * `seen` records the last generation that was delivered.
+ * `seen` records the last generation that was delivered. It only moves
+ * forward, and only by compare-and-swap: a call that begins takes a pending
+ * interrupt by moving `seen` from the value it read to the generation it
+ * read, so of several calls that begin at once exactly one wins it, and a
+ * late store can never move `seen` back and re-arm an interrupt already used.
  */
 #include "os.h"
 
@@ -87,14 +91,27 @@ static int claim_slot(void)
     return -1;
 }
 
+/* Marks generation g delivered, unless a later one already is. */
+static void deliver(unsigned g)
+{
+    unsigned s = atomic_load(&seen);
+    while ((int)(g - s) > 0 && !atomic_compare_exchange_weak(&seen, &s, g))
+        ;
+}
+
 int mp__wait_begin(mp__waiter *w)
 {
     w->slot = -1;
     w->claimed = false;
-    unsigned g = atomic_load(&gen);
-    if (g != atomic_load(&seen)) {
-        atomic_store(&seen, g);
-        return MP_EINTR;
+    w->taken = 0;
+    unsigned s = atomic_load(&seen), g = atomic_load(&gen);
+    while (g != s) {
+        if (atomic_compare_exchange_weak(&seen, &s, g)) {
+            w->gen = s;
+            w->taken = g;
+            return MP_EINTR; /* ours alone */
+        }
+        g = atomic_load(&gen); /* s has the new seen: look again */
     }
     w->gen = g;
     return 0;
@@ -114,7 +131,10 @@ void mp__wait_end(mp__waiter *w)
 
 void mp__wait_keep_interrupt(mp__waiter *w)
 {
-    atomic_store(&seen, w->gen); /* gen moved on: the next call sees it */
+    /* Back to where it was, unless another call has moved it since. */
+    unsigned t = w->taken;
+    if (t != w->gen)
+        atomic_compare_exchange_strong(&seen, &t, w->gen);
 }
 
 bool mp__wait_interrupted(mp__waiter *w)
@@ -122,7 +142,8 @@ bool mp__wait_interrupted(mp__waiter *w)
     unsigned g = atomic_load(&gen);
     if (g == w->gen)
         return false;
-    atomic_store(&seen, g);
+    deliver(g);
+    w->taken = g;
     return true;
 }
 
