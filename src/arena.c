@@ -682,9 +682,12 @@ static void atfork_child(void)
     if (!t)
         return;
     for (unsigned c = 0; c < NCLASS; c++)
-        t->bin[c].n = 0;
-    t->slot = NULL;
-    t->noslot = false;
+        if (t->bin[c].n) /* empty after the prepare's flush: no write, no page copies */
+            t->bin[c].n = 0;
+    if (t->slot || t->noslot) {
+        t->slot = NULL;
+        t->noslot = false;
+    }
 }
 
 static void at_exit(void) { mp__arena_flush_thread(); }

@@ -256,6 +256,10 @@ static void finish_children(void)
             mp__pidfd_signal(fd, SIGTERM);
     }
     unlock();
+    if (n == 0) { /* the usual child: nothing to wait for, and no clock to read */
+        free(kids);
+        return;
+    }
     int64_t grace = mp__now_ns() + (int64_t)(DAEMON_GRACE_S * 1e9);
     for (size_t i = 0; i < n; i++) {
         struct pollfd pf = {.fd = kids[i].fd, .events = POLLIN};
@@ -400,7 +404,7 @@ static int start_locked(mp_process *p)
     int err = mp__lifeline_new(&life);
     if (err)
         return err;
-    pid_t parent = getpid();
+    pid_t parent = g.self;
     sigset_t mask;
     pid_t pid = mp__fork(&mask);
     if (pid == 0)
@@ -475,20 +479,28 @@ int mp_process_join(mp_process *p, double timeout)
         return MP_EINVAL;
     lock();
     bool ok = mine(p);
+    bool done = ok && p->exitcode != MP_EXIT_NONE;
     unlock();
     if (!ok)
         return MP_ESTATE;
+    if (done)
+        return 0;
     mp__waiter w;
     int r = mp__wait_begin(&w);
     while (r == 0) {
-        lock();
-        bool done = reap_locked(p);
-        unlock();
-        if (done)
-            break;
+        /* The pidfd turns readable once the child has ended, reaped or not:
+         * wait first, then reap, so a running child costs no extra call. */
         r = mp__wait_fd(&w, p->pidfd, deadline);
-        if (r == 1)
-            r = 0; /* ended: reap it on the next turn */
+        if (r < 0)
+            break;
+        lock();
+        done = reap_locked(p);
+        unlock();
+        if (done) {
+            r = 0;
+            break;
+        }
+        r = r == 1 && deadline != MP__NEVER && mp__now_ns() >= deadline ? MP_ETIMEDOUT : 0;
     }
     mp__wait_end(&w);
     return r;

@@ -167,7 +167,8 @@ static uint64_t self_id(void)
 
 static void atfork_child(void)
 {
-    self_tls = 0; /* the forking thread is the child's only thread */
+    if (self_tls) /* a write would cost the child a page copy */
+        self_tls = 0; /* the forking thread is the child's only thread */
 }
 
 __attribute__((constructor)) static void sync_init(void) { pthread_atfork(NULL, NULL, atfork_child); }

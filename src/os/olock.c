@@ -242,7 +242,8 @@ int mp__olock_release(mp__olock *l)
 /* The child of a fork holds no record lock: it registers anew on first use. */
 static void atfork_child(void)
 {
-    atomic_store_explicit(&self_word, 0, memory_order_relaxed);
+    if (atomic_load_explicit(&self_word, memory_order_relaxed)) /* no write, no page copy */
+        atomic_store_explicit(&self_word, 0, memory_order_relaxed);
     enroll_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 }
 

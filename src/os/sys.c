@@ -34,6 +34,6 @@ void mp__close(int fd)
     if (fd < 0)
         return;
     int e = errno;
-    (void)close(fd); /* Linux frees the descriptor even on EINTR: never retry */
-    errno = e;
+    if (close(fd) < 0 && errno != e) /* Linux frees the descriptor even on EINTR: never retry */
+        errno = e; /* only if it changed: a write to errno after a fork costs a page copy */
 }

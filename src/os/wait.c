@@ -121,11 +121,9 @@ void mp__wait_end(mp__waiter *w)
 {
     if (w->slot < 0)
         return;
-    struct slot *s = &slots[w->slot];
-    uint64_t n;
-    ssize_t r = read(atomic_load(&s->efd), &n, sizeof n); /* drop our wake-ups */
-    (void)r;
-    atomic_store(&s->busy, 0);
+    /* A wake-up left in the eventfd is harmless: the next wait on this slot
+     * finds it, reads it and goes on waiting (see mp__wait_fd). */
+    atomic_store(&slots[w->slot].busy, 0);
     w->slot = -1;
 }
 
@@ -160,7 +158,7 @@ int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline)
     for (;;) {
         if (mp__wait_interrupted(w))
             return MP_EINTR;
-        int64_t now = mp__now_ns();
+        int64_t now = deadline == MP__NEVER ? 0 : mp__now_ns();
         if (now >= deadline && deadline != MP__NEVER) {
             /* one last look: a timeout of 0 still polls once */
             struct pollfd once = {.fd = fd, .events = POLLIN};
