@@ -286,6 +286,166 @@ TEST(usage_counts_exactly)
     chans_close();
 }
 
+/* Usage slots: a thread that allocates counts in a slot of the header; a slot
+ * let go (its thread exited, its process died) is taken by a later thread,
+ * and what the earlier owner left counted (blocks it never freed) stays. */
+
+enum { HELD_N = 10, HELD_BYTES = HELD_N * 1024 + 102400 };
+enum { NSLOTS = 1024 };         /* arena.c's usage slots */
+enum { CROWD = NSLOTS + 8 };    /* more threads than slots */
+static void *g_held[HELD_N + 1];
+
+/* Allocates HELD_BYTES in blocks of 1000 (1024 counted) and 100000
+ * (102400 counted) and leaves them held. */
+static void hold_blocks(void)
+{
+    for (int i = 0; i < HELD_N; i++)
+        g_held[i] = mp_shared_alloc(1000);
+    g_held[HELD_N] = mp_shared_alloc(100000);
+}
+
+static void *hold_blocks_and_exit(void *arg)
+{
+    (void)arg;
+    hold_blocks();
+    return NULL;
+}
+
+/* Threads that each hold a 100-byte block (112 counted), all at once, until
+ * let go: every one of them has a slot (or counts in the overflow) then. */
+struct crowd { pthread_barrier_t in, out; };
+
+static void *hold_112_until_let_go(void *arg)
+{
+    struct crowd *c = arg;
+    void *p = mp_shared_alloc(100);
+    if (!p)
+        T_FAIL("alloc(100) failed");
+    pthread_barrier_wait(&c->in);
+    pthread_barrier_wait(&c->out);
+    mp_shared_free(p);
+    return NULL;
+}
+
+/* Starts n such threads and returns once each holds its block. */
+static pthread_t *crowd_start(struct crowd *c, int n)
+{
+    pthread_t *t = calloc((size_t)n, sizeof *t);
+    pthread_attr_t a;
+    if (!t || pthread_attr_init(&a) || pthread_attr_setstacksize(&a, 256 * KiB))
+        T_FAIL("thread attributes");
+    if (pthread_barrier_init(&c->in, NULL, (unsigned)n + 1) ||
+        pthread_barrier_init(&c->out, NULL, (unsigned)n + 1))
+        T_FAIL("pthread_barrier_init");
+    for (int i = 0; i < n; i++)
+        if (pthread_create(&t[i], &a, hold_112_until_let_go, c))
+            T_FAIL("pthread_create %d of %d", i, n);
+    pthread_attr_destroy(&a);
+    pthread_barrier_wait(&c->in);
+    return t;
+}
+
+/* Lets them free their blocks and exit; joins them. */
+static void crowd_end(struct crowd *c, pthread_t *t, int n)
+{
+    pthread_barrier_wait(&c->out);
+    for (int i = 0; i < n; i++)
+        if (pthread_join(t[i], NULL))
+            T_FAIL("pthread_join");
+    pthread_barrier_destroy(&c->in);
+    pthread_barrier_destroy(&c->out);
+    free(t);
+}
+
+TEST(usage_of_an_exited_thread_stays_counted_when_its_slot_is_reused)
+{
+    size_t u0 = mp_shared_usage();
+    pthread_t t;
+    ASSERT_EQ(pthread_create(&t, NULL, hold_blocks_and_exit, NULL), 0);
+    ASSERT_EQ(pthread_join(t, NULL), 0);
+    for (int i = 0; i <= HELD_N; i++)
+        ASSERT_TRUE(g_held[i] != NULL);
+    ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES); /* its slot is free now; the bytes count */
+
+    /* It took the lowest free slot, and none below it has been let go since:
+     * the first of these threads to count takes that slot again. */
+    enum { R = 4 };
+    struct crowd c;
+    pthread_t *ts = crowd_start(&c, R);
+    ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES + R * 112);
+    crowd_end(&c, ts, R);
+    ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES);
+
+    /* One after another too: each takes the same lowest free slot. */
+    for (int k = 0; k < 3; k++) {
+        ts = crowd_start(&c, 1);
+        ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES + 112);
+        crowd_end(&c, ts, 1);
+        ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES);
+    }
+
+    for (int i = 0; i <= HELD_N; i++) /* anyone may free them */
+        mp_shared_free(g_held[i]);
+    ASSERT_EQ(mp_shared_usage(), u0);
+    ASSERT_EQ(mp__arena_check(), 0);
+}
+
+static int hold_blocks_until_killed(void *arg)
+{
+    (void)arg;
+    hold_blocks();
+    for (int i = 0; i <= HELD_N; i++)
+        send_ptr(&to_parent, g_held[i]);
+    for (;;)
+        pause();
+    return 0;
+}
+
+/* More threads than there are slots, all holding a block at once: they take
+ * every free slot, then the slots of dead processes, then the overflow. */
+static int crowd_of_more_than_nslots(void *arg)
+{
+    (void)arg;
+    struct crowd c;
+    pthread_t *ts = crowd_start(&c, CROWD);
+    t_send(&to_parent, 1);
+    t_recv(&to_child, 30);
+    crowd_end(&c, ts, CROWD);
+    return 0;
+}
+
+TEST(usage_of_a_killed_process_stays_counted_when_its_slot_is_reused)
+{
+    if (!fresh(__func__)) /* no dead slot but the one this case makes */
+        return;
+    chans_open();
+    size_t u0 = mp_shared_usage();
+    mp_process *k = t_start(hold_blocks_until_killed, NULL, NULL);
+    void *held[HELD_N + 1];
+    for (int i = 0; i <= HELD_N; i++)
+        ASSERT_TRUE((held[i] = recv_ptr(&to_parent)) != NULL);
+    ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES);
+    ASSERT_OK(mp_process_kill(k));
+    t_join(k, -9); /* its slot is still claimed, by a dead process */
+    ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES);
+
+    /* A later process takes the dead one's slot: its CROWD threads take
+     * every free slot, and one of those left over takes the dead process's
+     * (the rest count in the overflow). The dead one's bytes stay counted. */
+    mp_process *r = t_start(crowd_of_more_than_nslots, NULL, NULL);
+    ASSERT_EQ(t_recv(&to_parent, 30), 1);
+    ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES + CROWD * 112);
+    t_send(&to_child, 0);
+    t_join(r, 0);
+    ASSERT_EQ(mp_shared_usage(), u0 + HELD_BYTES); /* until someone frees them */
+
+    for (int i = 0; i <= HELD_N; i++)
+        mp_shared_free(held[i]);
+    ASSERT_EQ(mp_shared_usage(), u0);
+    ASSERT_EQ(mp__arena_check(), 0);
+    chans_close();
+}
+
 /* ---- stress ----------------------------------------------------------------------- */
 
 enum { STRESS_SLOTS = 4096, STRESS_OPS = 100000 };
