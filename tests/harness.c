@@ -8,6 +8,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -199,6 +201,95 @@ int t_children(pid_t *out, int cap)
     }
     closedir(d);
     return n;
+}
+
+void t_skip(const char *fmt, ...)
+{
+    va_list ap;
+    printf("skip: ");
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    putchar('\n');
+    fflush(NULL);
+    _exit(77);
+}
+
+static bool write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    bool ok = write(fd, text, strlen(text)) == (ssize_t)strlen(text);
+    close(fd);
+    return ok;
+}
+
+/* unshare, as root or else in a user namespace of our own. */
+static int enter(int flags)
+{
+    if (unshare(flags) == 0)
+        return 0;
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    if (unshare(flags | CLONE_NEWUSER) < 0)
+        return -errno;
+    char map[64];
+    write_file("/proc/self/setgroups", "deny");
+    snprintf(map, sizeof map, "0 %d 1", (int)uid);
+    if (!write_file("/proc/self/uid_map", map))
+        return -EPERM;
+    snprintf(map, sizeof map, "0 %d 1", (int)gid);
+    if (!write_file("/proc/self/gid_map", map))
+        return -EPERM;
+    return 0;
+}
+
+static int wait_status(pid_t pid)
+{
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return 126;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int t_in_ns(int flags, int (*fn)(void))
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        T_FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        int err = enter(CLONE_NEWNS | (flags & T_NS_PID ? CLONE_NEWPID : 0));
+        if (err)
+            _exit(77);
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+            _exit(77);
+        if (flags & T_NS_NOPROC && mount("none", "/proc", "tmpfs", 0, NULL) < 0)
+            _exit(77);
+        if (!(flags & T_NS_PID))
+            _exit(fn());
+        pid_t init = fork(); /* the namespace's pid 1 */
+        if (init == 0) {
+            if (mount("proc", "/proc", "proc", 0, NULL) < 0)
+                _exit(77);
+            _exit(fn());
+        }
+        _exit(init < 0 ? 77 : wait_status(init));
+    }
+    int code = wait_status(pid);
+    if (code == 77)
+        t_skip("cannot make the namespaces this case needs (needs root or user namespaces)");
+    return code;
+}
+
+void t_set_last_pid(pid_t pid)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%d", (int)pid);
+    if (!write_file("/proc/sys/kernel/ns_last_pid", text))
+        T_FAIL("cannot write ns_last_pid: %s", strerror(errno));
 }
 
 static int run_case(t_fn fn, const char *name)

@@ -113,6 +113,20 @@ bool t_wait_gone(pid_t pid, double timeout);
 bool t_pid_alive(pid_t pid);
 
 int t_count_fds(void);
+
+/* Ends the case as skipped (CTest: exit status 77), printing why. */
+__attribute__((noreturn, format(printf, 1, 2))) void t_skip(const char *fmt, ...);
+
+/* Runs fn in a child process inside fresh namespaces and returns its exit
+ * status (or 128 + signal). T_NS_PID: a new pid namespace with its own /proc
+ * (fn runs as its pid 1; t_set_last_pid then picks the next pid). T_NS_NOPROC:
+ * an empty /proc. Without the right to make them (not root, and no user
+ * namespaces), the case is skipped with the reason. The case's time limit
+ * still applies. */
+enum { T_NS_PID = 1, T_NS_NOPROC = 2 };
+int t_in_ns(int flags, int (*fn)(void));
+/* In a T_NS_PID namespace: the next process created gets pid + 1. */
+void t_set_last_pid(pid_t pid);
 /* This process's children (zombies included), up to cap; returns the count. */
 int t_children(pid_t *out, int cap);
 
