@@ -20,6 +20,12 @@
  * Locks other threads held at that instant stay held in the child, which is
  * why a program should start its processes (and pools) before it starts
  * threads of its own or runtimes such as OpenMP or a threaded BLAS.
+ *
+ * Exec: the family is the program that made it. A process that calls exec()
+ * ends its running children (they are killed, as at its death): the new
+ * program cannot reach the family's shared memory, locks or handles, and
+ * could not join or stop them. Join (or let go of) children before exec; to
+ * run another program, exec in a child, whose own children end with it.
  */
 #ifndef MPROC_H
 #define MPROC_H
@@ -137,15 +143,18 @@ typedef struct mp_process_opts {
 MP_API int mp_process_new(mp_process **out, mp_target fn, void *arg,
                           const mp_process_opts *opts);
 
-/* Starts the process: flushes every stdio stream, forks, and returns once the
- * child has set itself up (a few microseconds). The child runs fn(arg), then
- * terminates its own daemon children and joins the others, flushes stdio and
- * leaves with _exit(fn's return value): no atexit handler of the parent runs
- * in it. The child dies with this process, however this process ends (even
- * SIGKILL), and whichever thread started it. Returns 0; MP_ESTATE if already
- * started, if the handle belongs to another process, or if the caller is a
- * daemon process; a setup failure in the child (-errno) or of fork itself
- * (-EAGAIN, MP_ENOMEM): then no process is left behind. */
+/* Starts the process: flushes every stdio stream, forks, and returns once it
+ * holds the child by a pidfd (a few microseconds); the child runs nothing
+ * before that, so a child that ends at once is still reported by join, even
+ * with SIGCHLD ignored. The child runs fn(arg), then terminates its own
+ * daemon children and joins the others, flushes stdio and leaves with
+ * _exit(fn's return value): no atexit handler of the parent runs in it. The
+ * child dies with this process, however this process ends (even SIGKILL),
+ * whichever thread started it, with or without /proc; and when this process
+ * calls exec (see Exec above). Returns 0; MP_ESTATE if already started, if
+ * the handle belongs to another process, or if the caller is a daemon
+ * process; a setup failure (-errno: -EMFILE, ...) or one of fork itself
+ * (-EAGAIN, MP_ENOMEM): then fn never ran, and no process is left behind. */
 MP_API int mp_process_start(mp_process *p);
 
 /* Waits for the process to end and reaps it. Blocks up to timeout.
@@ -267,7 +276,17 @@ MP_API void mp_shm_free(mp_shm *s);
  * return MP_ETIMEDOUT when it expires and MP_EINTR on mp_interrupt(); an
  * interrupted call has taken nothing (no lock, no count, no notification).
  * A holder's death is noticed by a waiter that has slept about 0.25 s on the
- * object, so a zero-timeout poll never reports MP_EOWNERDEAD. */
+ * object, so a zero-timeout poll never reports MP_EOWNERDEAD. The kernel
+ * decides who has died: each process that takes a lock holds a record lock
+ * that the kernel drops when the process ends, so death is seen without
+ * /proc, in any pid namespace, at the descriptor limit, and a new process
+ * that got a dead holder's pid back is not taken for it. A live holder is
+ * never taken for dead: when the kernel cannot be asked, the waiter asks
+ * again later. A waiter that dies in its wait takes no wake-up with it: a
+ * Semaphore unit, a free Lock or a Condition notification goes to the next
+ * live waiter (at the latest after about 0.25 s). Once this process cannot
+ * register with the kernel (no memory for a record lock), acquiring a lock
+ * returns MP_ENOMEM. */
 typedef struct mp_lock mp_lock;
 typedef struct mp_rlock mp_rlock;
 typedef struct mp_sem mp_sem;
@@ -318,8 +337,10 @@ MP_API void mp_event_free(mp_event *e);
  * MP_EOWNERDEAD (the lock's holder died meanwhile), MP_ENOMEM. So an
  * interrupted or timed-out wait returns once it has the lock back, which may
  * be later than 50 ms if another thread holds it (as in Python). notify(n)
- * wakes at most n of the threads waiting at that moment, oldest first;
- * notify and notify_all need the lock too (else MP_EPERM). */
+ * wakes at most n of the threads waiting at that moment, oldest first,
+ * passing over waiters whose process has died; notify and notify_all need
+ * the lock too (else MP_EPERM). A notifier that dies midway through notify
+ * leaves the condition whole (the next acquirer gets MP_EOWNERDEAD). */
 MP_API int mp_cond_new(mp_cond **out, mp_rlock *lock);
 MP_API int mp_cond_acquire(mp_cond *c, double timeout);
 MP_API int mp_cond_release(mp_cond *c);
