@@ -151,7 +151,8 @@ MP_API int mp_process_new(mp_process **out, mp_target fn, void *arg,
  * _exit(fn's return value): no atexit handler of the parent runs in it. The
  * child dies with this process, however this process ends (even SIGKILL),
  * whichever thread started it, with or without /proc; and when this process
- * calls exec (see Exec above). Returns 0; MP_ESTATE if already started, if
+ * calls exec (see Exec above). A child that itself calls exec leaves the
+ * family: it is no longer killed with this process. Returns 0; MP_ESTATE if already started, if
  * the handle belongs to another process, or if the caller is a daemon
  * process; a setup failure (-errno: -EMFILE, ...) or one of fork itself
  * (-EAGAIN, MP_ENOMEM): then fn never ran, and no process is left behind. */

@@ -12,6 +12,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -404,8 +406,9 @@ TEST(child_of_exited_thread_keeps_running)
 
 TEST(many_processes_leave_no_zombie_and_no_fd)
 {
-    /* One start first: the family pipe and a wait slot's eventfd are made
-     * once and kept; after that the count must not move. */
+    /* One start first: a wait slot's eventfd is made once and kept (each
+     * child's lifeline pipe goes when it is reaped); after that the count
+     * must not move. */
     int zero = 0;
     mp_process *w = t_start(ret_int, &zero, NULL);
     ASSERT_OK(mp_process_join(w, 10));
@@ -573,7 +576,7 @@ TEST(setup_failure_comes_back_from_start)
     ASSERT_ERR(mp_process_start(p), -ENOLCK);
     mp__sys_reset();
     pid_t kids[4];
-    ASSERT_EQ(t_children(kids, 4), 0); /* killed and reaped: it never ran */
+    ASSERT_EQ(t_children(kids, 4), 0); /* cut loose, it left and was reaped: it never ran */
     ASSERT_EQ(mp_process_pid(p), 0);
     ASSERT_ERR(mp_process_join(p, 0), MP_ESTATE);
     ASSERT_OK(mp_process_start(p)); /* it never started: it may start now */
@@ -610,7 +613,7 @@ TEST(fork_pidfd_and_pipe_failures_are_reported)
     mp_process *p;
     ASSERT_OK(mp_process_new(&p, ret_int, &v, NULL));
     int before = t_count_fds();
-    mp__sys.pipe2 = failing_pipe2; /* the family pipe, made at the first start */
+    mp__sys.pipe2 = failing_pipe2; /* the child's lifeline pipe */
     int r = mp_process_start(p);
     mp__sys_reset();
     ASSERT_ERR(r, -ENFILE);
@@ -625,7 +628,7 @@ TEST(fork_pidfd_and_pipe_failures_are_reported)
     ASSERT_OK(mp_process_start(p));
     ASSERT_OK(mp_process_join(p, 10));
     mp_process_free(p);
-    ASSERT_LE(t_count_fds(), before + 3); /* the family pipe, a wait slot */
+    ASSERT_LE(t_count_fds(), before + 1); /* a wait slot's eventfd, kept */
 }
 
 /* ---- bad input ------------------------------------------------------ */
@@ -873,5 +876,366 @@ TEST(join_returns_when_sigchld_is_ignored)
     ASSERT_LT(cpu * 1000, 150);
     ASSERT_EQ(mp_active_children(NULL, 0), 0);
     signal(SIGCHLD, SIG_DFL);
+    chans_close();
+}
+
+/* ---- start never lies, a failed start never runs the target ------------- */
+
+/* Counts the runs of the target, in the family's shared memory. */
+static _Atomic int *runs;
+
+static int count_run(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(runs, 1);
+    return 0;
+}
+
+static int run_count(void) { return atomic_load(runs); }
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* Only widens a race window (a child released too early would run and be
+ * reaped by the kernel meanwhile); nothing waits on it. */
+static void slow_after_fork(const char *where)
+{
+    if (strcmp(where, "process.forked") == 0)
+        sleep_ms(50);
+}
+
+static struct mp__sys real_sys; /* the real calls, for wrappers to forward to */
+
+static int slow_pidfd_open(pid_t pid, unsigned flags)
+{
+    sleep_ms(50); /* the same window, right before the pidfd is opened */
+    return real_sys.pidfd_open(pid, flags);
+}
+
+static void start_count_join(int want_runs)
+{
+    mp_process *p;
+    ASSERT_OK(mp_process_new(&p, count_run, NULL, NULL));
+    ASSERT_OK(mp_process_start(p)); /* never -ESRCH for a child that ran */
+    ASSERT_OK(mp_process_join(p, 10));
+    /* SIGCHLD ignored: the kernel reaped it, the status is lost. */
+    ASSERT_EQ(mp_process_exitcode(p), MP_EXIT_UNKNOWN);
+    ASSERT_TRUE(!mp_process_is_alive(p));
+    ASSERT_EQ(run_count(), want_runs); /* ran, exactly once */
+    mp_process_free(p);
+}
+
+TEST(start_with_sigchld_ignored_never_lies)
+{
+    mp__sys_reset();
+    real_sys = mp__sys;
+    runs = mp_shared_alloc(sizeof *runs);
+    ASSERT_TRUE(runs != NULL);
+    signal(SIGCHLD, SIG_IGN);
+    int n = 0;
+    /* (a) deterministic: the parent dawdles after the fork, then before the
+     * pidfd_open; a child that could run meanwhile would be gone by then. */
+    mp__hook = slow_after_fork;
+    for (int i = 0; i < 10; i++)
+        start_count_join(++n);
+    mp__hook = NULL;
+    mp__sys.pidfd_open = slow_pidfd_open;
+    for (int i = 0; i < 10; i++)
+        start_count_join(++n);
+    mp__sys_reset();
+    /* (b) statistical: many quick starts, no window widened. */
+    for (int i = 0; i < 2000; i++)
+        start_count_join(++n);
+    ASSERT_EQ(run_count(), 2020);
+    ASSERT_EQ(mp_active_children(NULL, 0), 0);
+    signal(SIGCHLD, SIG_DFL);
+    mp_shared_free((void *)runs);
+}
+
+/* Passes through, but dawdles once a child is armed (and so released): a
+ * start that released a child it then gave up on would let it run. */
+static int slow_setown_ex(int fd, int cmd, long arg)
+{
+    int r = real_sys.fcntl(fd, cmd, arg);
+    if (cmd == F_SETOWN_EX && r == 0)
+        sleep_ms(50);
+    return r;
+}
+
+static int fail_setown_ex(int fd, int cmd, long arg)
+{
+    if (cmd == F_SETOWN_EX) {
+        errno = EPERM;
+        return -1;
+    }
+    return real_sys.fcntl(fd, cmd, arg);
+}
+
+TEST(failed_start_never_runs_the_target)
+{
+    mp__sys_reset();
+    real_sys = mp__sys;
+    runs = mp_shared_alloc(sizeof *runs);
+    ASSERT_TRUE(runs != NULL);
+    /* One start first: what is made once and kept (a wait slot) is made. */
+    mp_process *p = t_start(count_run, NULL, NULL);
+    t_join(p, 0);
+    ASSERT_EQ(run_count(), 1);
+    int before = t_count_fds();
+    pid_t kids[4];
+    ASSERT_OK(mp_process_new(&p, count_run, NULL, NULL));
+    for (int i = 0; i < 5; i++) {
+        /* The pidfd cannot be opened: the child is never released. */
+        mp__sys.pidfd_open = failing_pidfd_open;
+        mp__sys.fcntl = slow_setown_ex;
+        int r = mp_process_start(p);
+        mp__sys_reset();
+        ASSERT_ERR(r, -EMFILE);
+        ASSERT_EQ(t_children(kids, 4), 0); /* reaped before start returned */
+        ASSERT_EQ(run_count(), 1);
+        ASSERT_EQ(mp_process_pid(p), 0);
+        ASSERT_ERR(mp_process_join(p, 0), MP_ESTATE);
+        /* The lifeline cannot be armed: the same. */
+        mp__sys.fcntl = fail_setown_ex;
+        r = mp_process_start(p);
+        mp__sys_reset();
+        ASSERT_ERR(r, -EPERM);
+        ASSERT_EQ(t_children(kids, 4), 0);
+        ASSERT_EQ(run_count(), 1);
+        ASSERT_EQ(mp_process_pid(p), 0);
+        ASSERT_ERR(mp_process_join(p, 0), MP_ESTATE);
+        ASSERT_EQ(t_count_fds(), before); /* no pipe end, no pidfd left */
+    }
+    /* It never started: it may start now, and runs once. */
+    ASSERT_OK(mp_process_start(p));
+    t_join(p, 0);
+    ASSERT_EQ(run_count(), 2);
+    ASSERT_EQ(t_count_fds(), before);
+    mp_shared_free((void *)runs);
+}
+
+/* ---- the lifeline follows the process, needs no /proc, ends at exec ----- */
+
+/* Waits until the thread tid of this process is fully gone: the kernel has
+ * then done everything a thread's exit does (PR_SET_PDEATHSIG fires before
+ * that; pthread_join may return earlier). */
+static bool thread_gone(pid_t tid, double timeout)
+{
+    double end = t_now() + timeout * t_scale();
+    while (syscall(SYS_tgkill, getpid(), tid, 0) == 0) {
+        if (t_now() > end)
+            return false;
+        poll(NULL, 0, 1);
+    }
+    return errno == ESRCH;
+}
+
+/* Where a child says it runs its target (its pid): past its setup, so
+ * whatever its setup arms (PR_SET_PDEATHSIG, say) is armed. */
+static t_chan started;
+
+struct thread_start { mp_target fn; mp_process *p; pid_t tid, pid; };
+
+/* Starts s->fn and waits until it runs, then exits. */
+static void *thread_starts_fn(void *arg)
+{
+    struct thread_start *s = arg;
+    s->tid = (pid_t)syscall(SYS_gettid);
+    mp_process *p;
+    if (mp_process_new(&p, s->fn, NULL, NULL) == 0) {
+        if (mp_process_start(p) == 0) {
+            s->p = p;
+            s->pid = t_recv(&started, 10);
+        } else {
+            mp_process_free(p);
+        }
+    }
+    return NULL;
+}
+
+/* Says it runs, then returns the order it gets as its exit code. */
+static int started_then_order(void *arg)
+{
+    (void)arg;
+    t_send(&started, getpid());
+    return t_recv(&to_child, 30);
+}
+
+static int exited_thread_without_proc(void)
+{
+    if (access("/proc/self/fd", F_OK) == 0)
+        T_FAIL("/proc is still there");
+    chans_open();
+    started = t_chan_new();
+    struct thread_start s = {.fn = started_then_order};
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, thread_starts_fn, &s), 0);
+    ASSERT_EQ(pthread_join(th, NULL), 0);
+    ASSERT_TRUE(s.p != NULL);
+    ASSERT_EQ(s.pid, mp_process_pid(s.p));
+    ASSERT_TRUE(thread_gone(s.tid, 10));
+    /* Had anything followed the thread, the child would have its SIGKILL by
+     * now, and could not return the order. */
+    ASSERT_TRUE(mp_process_is_alive(s.p));
+    t_send(&to_child, 7);
+    t_join(s.p, 7);
+    t_chan_close(&started);
+    chans_close();
+    return 0;
+}
+
+TEST(child_of_exited_thread_keeps_running_without_proc)
+{
+    ASSERT_EQ(t_in_ns(T_NS_NOPROC, exited_thread_without_proc), 0);
+}
+
+/* Says it runs; waits for an order, answers with its pid, waits to be
+ * killed. */
+static int echo_then_sleep(void *arg)
+{
+    (void)arg;
+    t_send(&started, getpid());
+    t_recv(&to_child, 30);
+    t_send(&to_parent, getpid());
+    for (;;)
+        pause();
+    return 0;
+}
+
+/* Starts one grandchild from its main thread and one from a thread that then
+ * exits (each runs its target first); says 0 once that thread is gone; then
+ * waits to be killed. */
+static int head_without_proc(void *arg)
+{
+    (void)arg;
+    mp_process *a;
+    if (mp_process_new(&a, echo_then_sleep, NULL, NULL) || mp_process_start(a))
+        return 1;
+    t_recv(&started, 10);
+    struct thread_start s = {.fn = echo_then_sleep};
+    pthread_t th;
+    if (pthread_create(&th, NULL, thread_starts_fn, &s) || pthread_join(th, NULL) || !s.p)
+        return 2;
+    if (!thread_gone(s.tid, 10))
+        return 3;
+    t_send(&to_parent, 0);
+    for (;;)
+        pause();
+    return 0;
+}
+
+static int sigkilled_parent_without_proc(void)
+{
+    if (access("/proc/self/fd", F_OK) == 0)
+        T_FAIL("/proc is still there");
+    /* The orphans come to us, not to the case's process, so we reap them. */
+    ASSERT_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    chans_open();
+    started = t_chan_new();
+    mp_process *h = t_start(head_without_proc, NULL, NULL);
+    ASSERT_EQ(t_recv(&to_parent, 10), 0);
+    /* Both grandchildren still run: each answers one order. */
+    t_send(&to_child, 1);
+    t_send(&to_child, 1);
+    pid_t kids[2] = {t_recv(&to_parent, 10), t_recv(&to_parent, 10)};
+    ASSERT_NE(kids[0], kids[1]);
+    ASSERT_OK(mp_process_kill(h));
+    t_join(h, -SIGKILL); /* reaped: its children are ours now */
+    bool gone[2];
+    for (int i = 0; i < 2; i++)
+        gone[i] = t_wait_gone(kids[i], 5.0);
+    for (int i = 0; i < 2; i++)
+        if (!gone[i]) { /* our child now (a subreaper): safe to kill by pid */
+            kill(kids[i], SIGKILL);
+            waitpid(kids[i], NULL, 0);
+        }
+    ASSERT_TRUE(gone[0]);
+    ASSERT_TRUE(gone[1]);
+    t_chan_close(&started);
+    chans_close();
+    return 0;
+}
+
+TEST(sigkilled_parent_takes_its_children_without_proc)
+{
+    ASSERT_EQ(t_in_ns(T_NS_NOPROC, sigkilled_parent_without_proc), 0);
+}
+
+static t_chan exec_go;
+
+/* Starts a child (it reports its pid), then, when told, execs sleep. */
+static int start_then_exec(void *arg)
+{
+    (void)arg;
+    mp_process *c;
+    if (mp_process_new(&c, sleep_forever, NULL, NULL) || mp_process_start(c))
+        _exit(1);
+    t_recv(&exec_go, 30);
+    execl("/bin/sleep", "sleep", "600", (char *)NULL);
+    _exit(2); /* the lifeline takes the child along */
+}
+
+TEST(exec_in_the_parent_ends_its_children)
+{
+    if (access("/bin/sleep", X_OK) != 0)
+        t_skip("no /bin/sleep to exec");
+    chans_open();
+    exec_go = t_chan_new();
+    mp_process *x = t_start(start_then_exec, NULL, NULL);
+    pid_t c = t_recv(&to_parent, 10);
+    ASSERT_TRUE(!t_wait_gone(c, 0)); /* running */
+    t_send(&exec_go, 0);
+    bool gone = t_wait_gone(c, 5.0);
+    /* The parent lives on (it runs sleep now): the exec ended the child. */
+    bool x_alive = mp_process_is_alive(x);
+    ASSERT_OK(mp_process_kill(x));
+    ASSERT_OK(mp_process_join(x, 10));
+    int x_code = mp_process_exitcode(x);
+    mp_process_free(x);
+    /* sleep never reaped it; orphaned, it is ours (a subreaper) to reap. */
+    int st = 0;
+    if (!gone)
+        kill(c, SIGKILL);
+    ASSERT_EQ(waitpid(c, &st, 0), c);
+    ASSERT_TRUE(gone);
+    ASSERT_TRUE(x_alive);
+    ASSERT_EQ(x_code, -SIGKILL);
+    ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    t_chan_close(&exec_go);
+    chans_close();
+}
+
+/* ---- close-on-exec, with every descriptor the library makes ------------ */
+
+TEST(every_fd_is_cloexec_with_the_reaper_running)
+{
+    note_inherited();
+    chans_open();
+    /* A joined process (its pidfd stays open until free) after a join that
+     * waited (a wait slot), and a running process freed (the reaper thread
+     * and its eventfd). */
+    int zero = 0;
+    mp_process *joined = t_start(ret_int, &zero, NULL);
+    ASSERT_OK(mp_process_join(joined, 10));
+    mp_process *running = t_start(wait_for_order, NULL, NULL);
+    pid_t pid = t_recv(&to_parent, 10);
+    ASSERT_ERR(mp_process_join(running, 0.05), MP_ETIMEDOUT);
+    mp_process_free(running);
+    mp_process *running2 = t_start(wait_for_order, NULL, NULL);
+    pid_t pid2 = t_recv(&to_parent, 10);
+    mp_process_free(running2); /* the reaper runs already: kicked by its eventfd */
+    ASSERT_TRUE(all_cloexec());
+    mp_process *p = t_start(check_cloexec, NULL, NULL);
+    t_join(p, 0);
+    ASSERT_TRUE(all_cloexec());
+    t_send(&to_child, 0);
+    t_send(&to_child, 0);
+    ASSERT_TRUE(t_wait_gone(pid, 10));
+    ASSERT_TRUE(t_wait_gone(pid2, 10));
+    mp_process_free(joined);
     chans_close();
 }
