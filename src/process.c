@@ -358,6 +358,11 @@ nomem:
     return MP_ENOMEM;
 }
 
+/* _exit by a pointer bound at load: a call through the PLT would be bound
+ * lazily, and afresh in every child (the parent never calls it), costing
+ * each start a symbol lookup and its page faults. */
+static void (*volatile leave_now)(int) = _exit; /* volatile: not folded into a direct call */
+
 /* The child's side of start. Never returns. */
 __attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, pid_t parent,
                                                  const sigset_t *mask)
@@ -373,7 +378,8 @@ __attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, pid
     finish_children();
     mp__arena_flush_thread();
     fflush(NULL);
-    _exit(code);
+    leave_now(code);
+    __builtin_unreachable();
 }
 
 /* Waits for a child that start gave up on: its lifeline is cut before it
