@@ -24,6 +24,12 @@
  * limit still sees). A check that fails says nothing, and the waiter asks
  * again later: a live holder is never declared dead.
  *
+ * The one rule this needs: a process's record locks on a file go with any
+ * close() of any descriptor of that file by that process. The library never
+ * duplicates or closes the arena's descriptor; a program that closes
+ * descriptors it does not own (closefrom without exec) has already lost its
+ * arena in that process, and with it the claim to hold a lock.
+ *
  * Uncontended acquire is one compare-and-swap, release one exchange: no
  * system call. A contended acquire spins briefly, then sleeps on the futex;
  * every mp__check_ns of sleep it checks the owner, and takes the lock over
