@@ -132,6 +132,16 @@ static void spin_learn(struct spinner *sp, int64_t start, bool came)
     atomic_store_explicit(&sp->budget, b, memory_order_relaxed);
 }
 
+/* mp__futex_wait until dl, but waking at most mp__check_ns from now, to
+ * look again: a wake may have gone to a waiter that died before it acted on
+ * it. MP_ETIMEDOUT only once dl has passed. */
+static int sleep_looking(_Atomic uint32_t *word, uint32_t val, int64_t dl, mp__waiter *w)
+{
+    int64_t look = mp__now_ns() + mp__check_ns;
+    int r = mp__futex_wait(word, val, dl < look ? dl : look, w);
+    return r == MP_ETIMEDOUT && dl > look ? 0 : r;
+}
+
 /* A waker that is about to wake sleepers. */
 static void spin_stamp(struct spinner *sp)
 {
@@ -338,17 +348,12 @@ int mp_sem_acquire(mp_sem *s, double timeout)
     if (spin(&s->spin, &s->value, 0, dl, &t0) && sem_try(s))
         return 0;
     for (;;) {
-        /* Looks again now and then: a release's wake may have gone to a
-         * waiter that died before it took the unit. */
-        int64_t look = mp__now_ns() + mp__check_ns;
         atomic_fetch_add(&s->waiters, 1);
-        r = mp__futex_wait(&s->value, 0, dl < look ? dl : look, &w);
+        r = sleep_looking(&s->value, 0, dl, &w); /* a release's wake may go to one that dies */
         atomic_fetch_sub(&s->waiters, 1);
         if (r == MP_EINTR)
             break;
         MP__HOOK("sem.woken");
-        if (r == MP_ETIMEDOUT && dl > look)
-            r = 0; /* only the look's time */
         if (sem_try(s)) {
             spin_learn(&s->spin, t0, true);
             return 0;
@@ -607,12 +612,8 @@ int mp_cond_wait(mp_cond *c, double timeout)
     int64_t dl = deadline(timeout);
     uint32_t depth = give_up(l);
     MP__HOOK("cond.wait.sleep");
-    while (r == 0 && !atomic_load_explicit(&k->notified, memory_order_acquire)) {
-        int64_t look = mp__now_ns() + mp__check_ns; /* a notifier may die before its wake */
-        r = mp__futex_wait(&k->notified, 0, dl < look ? dl : look, &w);
-        if (r == MP_ETIMEDOUT && dl > look)
-            r = 0;
-    }
+    while (r == 0 && !atomic_load_explicit(&k->notified, memory_order_acquire))
+        r = sleep_looking(&k->notified, 0, dl, &w); /* a notifier may die before its wake */
     mp__wait_end(&w);
 
     bool intr = r == MP_EINTR;
