@@ -112,9 +112,41 @@ static void *shared_page(void)
     return p == MAP_FAILED ? NULL : p;
 }
 
+/* Where the two processes of a two-process row run: wherever the scheduler
+ * puts them, both on one CPU (the peer it waits for needs the CPU it runs
+ * on: a busy machine, or more processes than cores), or on two CPUs. */
+enum place { ANY_CPU, SAME_CPU, CROSS_CPU };
+static enum place b_place = ANY_CPU;
+
+/* Pins the calling process for place p as side 0 or 1; ANY_CPU gives it
+ * back every CPU. 0, or -errno (fewer than 2 CPUs for CROSS_CPU: -ENODEV). */
+static int place_side(enum place p, int side)
+{
+    static cpu_set_t all;
+    static int have_all;
+    if (!have_all) {
+        if (sched_getaffinity(0, sizeof all, &all) < 0)
+            return -errno;
+        have_all = 1;
+    }
+    cpu_set_t set = all;
+    if (p != ANY_CPU) {
+        int cpus[2] = {-1, -1}, k = 0;
+        for (int c = 0; c < CPU_SETSIZE && k < 2; c++)
+            if (CPU_ISSET(c, &all))
+                cpus[k++] = c;
+        int want = p == SAME_CPU ? cpus[0] : cpus[side];
+        if (want < 0)
+            return -ENODEV;
+        CPU_ZERO(&set);
+        CPU_SET(want, &set);
+    }
+    return sched_setaffinity(0, sizeof set, &set) < 0 ? -errno : 0;
+}
+
 /* Runs body(0, n / 2) in a forked child and body(1, n - n / 2) here, both
- * starting once the child runs, then reaps the child. The child leaves with
- * _exit: no atexit handler runs. */
+ * starting once the child runs (each placed by b_place), then reaps the
+ * child. The child leaves with _exit: no atexit handler runs. */
 static int in_two_processes(int (*body)(int side, long n), long n)
 {
     static _Atomic int *gate;
@@ -126,12 +158,16 @@ static int in_two_processes(int (*body)(int side, long n), long n)
     if (pid < 0)
         return -errno;
     if (pid == 0) {
+        int perr = place_side(b_place, 0);
         atomic_store(gate, 1);
-        _exit(body(0, n / 2) == 0 ? 0 : 1);
+        _exit(perr == 0 && body(0, n / 2) == 0 ? 0 : 1);
     }
     while (!atomic_load(gate))
         sched_yield();
-    int err = body(1, n - n / 2), status;
+    int err = place_side(b_place, 1), status;
+    if (err == 0)
+        err = body(1, n - n / 2);
+    place_side(ANY_CPU, 1);
     while (waitpid(pid, &status, 0) < 0)
         if (errno != EINTR)
             return -errno;
@@ -268,6 +304,22 @@ static int mproc_pingpong(long n)
     return in_two_processes(mproc_pingpong_side, 2 * n); /* n per side */
 }
 
+static int mproc_pingpong_same(long n)
+{
+    b_place = SAME_CPU;
+    int err = mproc_pingpong(n);
+    b_place = ANY_CPU;
+    return err;
+}
+
+static int mproc_pingpong_cross(long n)
+{
+    b_place = CROSS_CPU;
+    int err = mproc_pingpong(n);
+    b_place = ANY_CPU;
+    return err;
+}
+
 static void futex_post(_Atomic uint32_t *w)
 {
     atomic_store(w, 1);
@@ -299,6 +351,22 @@ static int floor_pingpong(long n)
     if (!b_words && !(b_words = shared_page()))
         return MP_ENOMEM;
     return in_two_processes(floor_pingpong_side, 2 * n);
+}
+
+static int floor_pingpong_same(long n)
+{
+    b_place = SAME_CPU;
+    int err = floor_pingpong(n);
+    b_place = ANY_CPU;
+    return err;
+}
+
+static int floor_pingpong_cross(long n)
+{
+    b_place = CROSS_CPU;
+    int err = floor_pingpong(n);
+    b_place = ANY_CPU;
+    return err;
 }
 
 /* ---- shared_alloc_free ---------------------------------------------------- */
@@ -363,6 +431,10 @@ static const struct row ROWS[] = {
      mproc_lock_contended, floor_robust_contended},
     {"event_pingpong", "round trip between 2 processes over 2 events (floor: raw futexes)",
      mproc_pingpong, floor_pingpong},
+    {"event_pingpong_same_cpu", "the same, both processes pinned to one CPU",
+     mproc_pingpong_same, floor_pingpong_same},
+    {"event_pingpong_cross_cpu", "the same, the processes pinned to two CPUs",
+     mproc_pingpong_cross, floor_pingpong_cross},
     {"shared_alloc_free", "mp_shared_alloc(64) + mp_shared_free (floor: malloc + free)",
      mproc_alloc_free, floor_malloc_free},
     {"shared_alloc_free_2proc", "the same, 2 processes at once: time per pair overall",

@@ -9,7 +9,8 @@
  *   2. the uncontended path: atomics only, no system call;
  *   3. a spin bounded in time, and adapted to how soon answers come, where
  *      the answer usually comes from a peer running on another CPU (Event,
- *      Semaphore, Barrier; olock spins too);
+ *      Semaphore, Barrier; olock spins too), and none at all when the peer
+ *      last ran on this CPU (os/spin.c);
  *   4. the timeout becomes one CLOCK_MONOTONIC deadline, and the call sleeps
  *      on a shared futex with mp__futex_wait, which also ends on
  *      mp_interrupt. An interrupt wins over everything else: the call
@@ -58,10 +59,6 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#define SPIN_MIN_NS 1000     /* spins shrink to this when they keep failing, */
-#define SPIN_INIT_NS 20000   /* start at this, */
-#define SPIN_MAX_NS 50000    /* and grow to at most this: what a sleep costs here */
-
 /* ---- common -------------------------------------------------------------- */
 
 /* Enters a blocking call on obj. */
@@ -79,59 +76,6 @@ static int64_t deadline(double timeout)
     return d;
 }
 
-/* Adaptive spinning. A waiter spins before it sleeps: a peer running on
- * another CPU answers in well under a microsecond, while a sleep and its
- * wake-up cost ~50 us here (one wake-up ~16 us). How long is learnt per
- * object: a waker that has to wake sleepers stamps the time, so a waiter
- * that slept learns how long it would have had to spin. If that was within
- * SPIN_MAX_NS (about what sleeping costs: spinning longer cannot pay), the
- * budget grows to cover it, so a ping-pong that fell asleep once spins again
- * at the next round (the waker's spin now outlasts the sleeper's wake-up).
- * If not, or if nothing came, the spin was wasted and the budget halves, down
- * to SPIN_MIN_NS: slow signals and busy machines, where the peer is not
- * running, cost little more than the sleep. Races on these fields only blur
- * the estimate. */
-struct spinner {
-    _Atomic uint32_t budget; /* ns; 0: SPIN_INIT_NS */
-    uint32_t pad;
-    _Atomic int64_t stamp;   /* CLOCK_MONOTONIC ns of the last wake of sleepers */
-};
-static_assert(sizeof(struct spinner) == 16, "spinner is shared: fixed layout");
-
-/* Polls *word until it differs from val, for the budget or until the
- * deadline dl; *start: when the spin began. true if it changed. */
-static bool spin(struct spinner *sp, _Atomic uint32_t *word, uint32_t val, int64_t dl,
-                 int64_t *start)
-{
-    uint32_t budget = atomic_load_explicit(&sp->budget, memory_order_relaxed);
-    int64_t end = (*start = mp__now_ns()) + (budget ? budget : SPIN_INIT_NS);
-    end = end < dl ? end : dl;
-    for (unsigned i = 1;; i++) {
-        if (atomic_load_explicit(word, memory_order_acquire) != val)
-            return true;
-        mp__cpu_relax();
-        if (i % 16 == 0 && mp__now_ns() >= end) /* a clock read costs a pause */
-            return false;
-    }
-}
-
-/* After a sleep that followed a spin begun at start; came: what we waited
- * for came (else: a timeout or an interrupt). */
-static void spin_learn(struct spinner *sp, int64_t start, bool came)
-{
-    int64_t at = atomic_load_explicit(&sp->stamp, memory_order_relaxed);
-    if (at < start) /* no stamp of this wake (yet): it came just now */
-        at = mp__now_ns();
-    int64_t need = (at - start) * 3 / 2;
-    uint32_t b = atomic_load_explicit(&sp->budget, memory_order_relaxed);
-    b = b ? b : SPIN_INIT_NS;
-    if (came && need <= SPIN_MAX_NS)
-        b = need > b ? (uint32_t)need : b;
-    else
-        b = b / 2 > SPIN_MIN_NS ? b / 2 : SPIN_MIN_NS;
-    atomic_store_explicit(&sp->budget, b, memory_order_relaxed);
-}
-
 /* mp__futex_wait until dl, but waking at most mp__check_ns from now, to
  * look again: a wake may have gone to a waiter that died before it acted on
  * it. MP_ETIMEDOUT only once dl has passed. */
@@ -140,12 +84,6 @@ static int sleep_looking(_Atomic uint32_t *word, uint32_t val, int64_t dl, mp__w
     int64_t look = mp__now_ns() + mp__check_ns;
     int r = mp__futex_wait(word, val, dl < look ? dl : look, w);
     return r == MP_ETIMEDOUT && dl > look ? 0 : r;
-}
-
-/* A waker that is about to wake sleepers. */
-static void spin_stamp(struct spinner *sp)
-{
-    atomic_store_explicit(&sp->stamp, mp__now_ns(), memory_order_relaxed);
 }
 
 /* Takes an olock that is held only for short sections, or that must be
@@ -304,7 +242,7 @@ struct mp_sem {
     _Atomic uint32_t waiters; /* threads about to sleep or asleep on value */
     uint32_t max;             /* 0: unbounded; else value <= max */
     uint32_t pad;
-    struct spinner spin;
+    mp__spinner spin;
 };
 static_assert(sizeof(struct mp_sem) == 32, "mp_sem is shared: fixed layout");
 
@@ -345,7 +283,7 @@ int mp_sem_acquire(mp_sem *s, double timeout)
     if (timeout == 0)
         return MP_ETIMEDOUT;
     int64_t dl = deadline(timeout), t0;
-    if (spin(&s->spin, &s->value, 0, dl, &t0) && sem_try(s))
+    if (mp__spin(&s->spin, &s->value, 0, dl, &t0) && sem_try(s))
         return 0;
     for (;;) {
         atomic_fetch_add(&s->waiters, 1);
@@ -355,13 +293,13 @@ int mp_sem_acquire(mp_sem *s, double timeout)
             break;
         MP__HOOK("sem.woken");
         if (sem_try(s)) {
-            spin_learn(&s->spin, t0, true);
+            mp__spin_learn(&s->spin, t0, true);
             return 0;
         }
         if (r == MP_ETIMEDOUT)
             break;
     }
-    spin_learn(&s->spin, t0, false);
+    mp__spin_learn(&s->spin, t0, false);
     /* The wake that ended our sleep may have been meant for a taker: pass it on. */
     if (atomic_load(&s->value) > 0 && atomic_load(&s->waiters) > 0)
         mp__futex_wake(&s->value, 1);
@@ -379,8 +317,10 @@ int mp_sem_release(mp_sem *s)
             return s->max ? MP_EINVAL : -EOVERFLOW; /* Python: ValueError; sem_post: EOVERFLOW */
     } while (!atomic_compare_exchange_weak(&s->value, &v, v + 1));
     if (atomic_load(&s->waiters) > 0) {
-        spin_stamp(&s->spin);
+        mp__spin_stamp(&s->spin);
         mp__futex_wake(&s->value, 1);
+    } else {
+        mp__spin_note(&s->spin);
     }
     return 0;
 }
@@ -400,7 +340,7 @@ void mp_sem_free(mp_sem *s) { mp_shared_free(s); }
 struct mp_event {
     _Atomic uint32_t word;    /* the futex word: sets << 1 | flag */
     _Atomic uint32_t waiters; /* threads about to sleep or asleep on word */
-    struct spinner spin;
+    mp__spinner spin;
 };
 static_assert(sizeof(struct mp_event) == 24, "mp_event is shared: fixed layout");
 
@@ -422,8 +362,10 @@ int mp_event_set(mp_event *e)
             return 0; /* no sleeper can be waiting for a set flag */
     } while (!atomic_compare_exchange_weak(&e->word, &v, (v + 2) | 1));
     if (atomic_load(&e->waiters) > 0) {
-        spin_stamp(&e->spin);
+        mp__spin_stamp(&e->spin);
         mp__futex_wake(&e->word, INT_MAX);
+    } else {
+        mp__spin_note(&e->spin); /* a spinning waiter is on another CPU: no harm */
     }
     return 0;
 }
@@ -453,7 +395,7 @@ int mp_event_wait(mp_event *e, double timeout)
     if (timeout == 0)
         return MP_ETIMEDOUT;
     int64_t dl = deadline(timeout), t0;
-    if (spin(&e->spin, &e->word, v, dl, &t0))
+    if (mp__spin(&e->spin, &e->word, v, dl, &t0))
         return 0;
     for (;;) {
         atomic_fetch_add(&e->waiters, 1);
@@ -468,7 +410,7 @@ int mp_event_wait(mp_event *e, double timeout)
         if (r == MP_ETIMEDOUT)
             break;
     }
-    spin_learn(&e->spin, t0, r == 0);
+    mp__spin_learn(&e->spin, t0, r == 0);
     mp__wait_end(&w);
     return r;
 }
@@ -686,7 +628,7 @@ struct mp_barrier {
     uint32_t parties;
     mp_target action; /* a code address: the same in every process of the family */
     void *arg;
-    struct spinner spin;
+    mp__spinner spin;
     struct party slot[]; /* parties entries */
 };
 static_assert(sizeof(struct mp_barrier) == 64, "mp_barrier is shared: fixed layout");
@@ -695,8 +637,10 @@ static void bump(mp_barrier *b)
 {
     atomic_fetch_add(&b->seq, 1);
     if (atomic_load(&b->sleepers) > 0) {
-        spin_stamp(&b->spin);
+        mp__spin_stamp(&b->spin);
         mp__futex_wake(&b->seq, INT_MAX);
+    } else {
+        mp__spin_note(&b->spin);
     }
 }
 
@@ -763,12 +707,12 @@ static int bar_sleep(mp_barrier *b, mp__waiter *w, int64_t until)
     uint32_t s = atomic_load(&b->seq);
     bar_unlock(b);
     int64_t t0;
-    if (spin(&b->spin, &b->seq, s, until, &t0))
+    if (mp__spin(&b->spin, &b->seq, s, until, &t0))
         return 0;
     atomic_fetch_add(&b->sleepers, 1);
     int r = mp__futex_wait(&b->seq, s, until, w);
     atomic_fetch_sub(&b->sleepers, 1);
-    spin_learn(&b->spin, t0, r == 0 && atomic_load(&b->seq) != s);
+    mp__spin_learn(&b->spin, t0, r == 0 && atomic_load(&b->seq) != s);
     return r == MP_EINTR ? r : 0;
 }
 

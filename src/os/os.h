@@ -11,6 +11,7 @@
 #ifndef MPROC_OS_H
 #define MPROC_OS_H
 
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -76,6 +77,12 @@ void mp__wait_end(mp__waiter *w);
 /* Waits until fd is readable, the deadline passes or an interrupt comes.
  * 1 readable, MP_ETIMEDOUT, MP_EINTR (consumed), -errno. */
 int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline);
+/* Waits until one of pf[0..n) has an event it asks for (or an error or
+ * hang-up), the deadline passes or an interrupt comes: how many are ready
+ * (revents set), MP_ETIMEDOUT, MP_EINTR (consumed), -EBADF for a closed fd,
+ * -errno. pf must have room for n + 1 entries: the last is the wait's own.
+ * A deadline already past still polls once. */
+int mp__wait_poll(mp__waiter *w, struct pollfd *pf, int n, int64_t deadline);
 /* true if an interrupt came since w began (and consumes it). */
 bool mp__wait_interrupted(mp__waiter *w);
 /* After a wait that consumed an interrupt, leaves it pending instead, for
@@ -103,6 +110,25 @@ static inline void mp__cpu_relax(void)
     atomic_signal_fence(memory_order_seq_cst);
 #endif
 }
+
+/* ---- adaptive spinning (spin.c) -----------------------------------------
+ * Shared, 16 bytes, zero = fresh. A waiter spins before it sleeps only while
+ * the peer it waits for runs on another CPU; see spin.c. */
+typedef struct mp__spinner {
+    _Atomic uint32_t budget; /* ns; 0: the initial budget */
+    _Atomic int32_t cpu;     /* 1 + the CPU its last waker ran on; 0: not known */
+    _Atomic int64_t stamp;   /* CLOCK_MONOTONIC ns when a waker last woke sleepers */
+} mp__spinner;
+/* A waker that changed the word: notes its CPU. */
+void mp__spin_note(mp__spinner *sp);
+/* A waker about to wake sleepers: notes its CPU and the time. */
+void mp__spin_stamp(mp__spinner *sp);
+/* Polls *word until it differs from val, for the learnt budget or until dl;
+ * not at all if the last waker ran on this CPU. *start: when the spin began
+ * (0: it did not). true if the word changed. */
+bool mp__spin(mp__spinner *sp, _Atomic uint32_t *word, uint32_t val, int64_t dl, int64_t *start);
+/* After the sleep that followed mp__spin; came: what it waited for came. */
+void mp__spin_learn(mp__spinner *sp, int64_t start, bool came);
 
 /* ---- the owner lock (olock.c) ----------------------------------------------
  * A process-shared mutex that survives its holder's death; every lock of the

@@ -145,27 +145,20 @@ bool mp__wait_interrupted(mp__waiter *w)
     return true;
 }
 
-int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline)
+int mp__wait_poll(mp__waiter *w, struct pollfd *pf, int n, int64_t deadline)
 {
     if (!w->claimed) { /* claimed before the generation is read again: see top */
         w->claimed = true;
         w->slot = claim_slot();
     }
-    struct pollfd pf[2] = {
-        {.fd = fd, .events = POLLIN},
-        {.fd = w->slot >= 0 ? atomic_load(&slots[w->slot].efd) : -1, .events = POLLIN},
-    };
+    pf[n] = (struct pollfd){
+        .fd = w->slot >= 0 ? atomic_load(&slots[w->slot].efd) : -1, .events = POLLIN};
     for (;;) {
         if (mp__wait_interrupted(w))
             return MP_EINTR;
         int64_t now = deadline == MP__NEVER ? 0 : mp__now_ns();
-        if (now >= deadline && deadline != MP__NEVER) {
-            /* one last look: a timeout of 0 still polls once */
-            struct pollfd once = {.fd = fd, .events = POLLIN};
-            int r = poll(&once, 1, 0);
-            return r > 0 ? 1 : (r < 0 && errno != EINTR ? -errno : MP_ETIMEDOUT);
-        }
-        int64_t left = deadline == MP__NEVER ? -1 : deadline - now;
+        bool last = deadline != MP__NEVER && now >= deadline;
+        int64_t left = deadline == MP__NEVER ? -1 : last ? 0 : deadline - now;
         struct timespec ts, *tsp = NULL;
         if (w->slot < 0 && (left < 0 || left > MP__SLICE_MS * 1000000LL))
             left = MP__SLICE_MS * 1000000LL;
@@ -174,19 +167,34 @@ int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline)
             ts.tv_nsec = left % 1000000000;
             tsp = &ts;
         }
-        int r = ppoll(pf, 2, tsp, NULL);
+        /* the last look (a timeout of 0 still polls once) leaves the
+         * interrupt's eventfd out: it must not pass for readiness */
+        int r = ppoll(pf, (nfds_t)(last ? n : n + 1), tsp, NULL);
         if (r < 0 && errno != EINTR)
             return -errno;
-        if (r > 0 && (pf[0].revents & POLLNVAL))
-            return -EBADF;
-        if (r > 0 && (pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
-            return 1;
-        if (r > 0 && pf[1].revents) { /* an interrupt, or a stale wake: drop it */
-            uint64_t n;
-            ssize_t rr = read(pf[1].fd, &n, sizeof n);
+        int ready = 0;
+        for (int i = 0; r > 0 && i < n; i++) {
+            if (pf[i].revents & POLLNVAL)
+                return -EBADF;
+            ready += pf[i].revents != 0;
+        }
+        if (ready)
+            return ready;
+        if (last)
+            return MP_ETIMEDOUT;
+        if (r > 0 && pf[n].revents) { /* an interrupt, or a stale wake: drop it */
+            uint64_t c;
+            ssize_t rr = read(pf[n].fd, &c, sizeof c);
             (void)rr;
         }
     }
+}
+
+int mp__wait_fd(mp__waiter *w, int fd, int64_t deadline)
+{
+    struct pollfd pf[2] = {{.fd = fd, .events = POLLIN}};
+    int r = mp__wait_poll(w, pf, 1, deadline);
+    return r > 0 ? 1 : r;
 }
 
 /* In the child of a fork, the slots' eventfds are the parent's objects. Drop
