@@ -384,6 +384,64 @@ MP_API int mp_value_get(mp_value *v, void *dst);       /* copy out under the loc
 MP_API int mp_value_set(mp_value *v, const void *src); /* copy in under the lock */
 MP_API void mp_value_free(mp_value *v);
 
+/* ------------------------------------------------------------------------ */
+/* Pipes and connections (multiprocessing.Pipe / Connection)                */
+/* ------------------------------------------------------------------------ */
+
+/* A connection is one end of a socket pair, with a small handle private to
+ * each process: create the pipe before starting the processes that use it,
+ * which inherit both ends (a child usually frees the end it does not use).
+ * mp_conn_free closes the caller's copy only; the peer sees the pipe closed
+ * once every process holding the other end has closed it or ended.
+ *
+ * Messages keep their boundaries: each send is one message of any length
+ * (0 bytes and hundreds of MiB included), received whole by one receive.
+ * Several threads of one process may send on one end at once, and several
+ * may receive: no message is ever interleaved with another (each end holds
+ * a send lock and a receive lock, private to the process; two processes
+ * sending on one inherited end at once are not serialised, as in Python).
+ * A peer that closed: receive returns MP_ECLOSED once what it sent is
+ * drained; send returns MP_ECLOSED, and no SIGPIPE is raised whatever the
+ * program's SIGPIPE disposition. Both descriptors are close-on-exec.
+ *
+ * A send blocks while the peer does not read (the kernel buffers a few
+ * hundred KiB); it returns MP_EINTR on mp_interrupt(), and a message cut
+ * short that way is never delivered: the receiver discards it whole. A
+ * receive that times out or is interrupted in the middle of a long message
+ * keeps what it has read, and the next receive on that end goes on with it. */
+typedef struct mp_conn mp_conn;
+
+/* duplex: both ends send and receive. !duplex: a only receives, b only
+ * sends (as Python's Pipe(duplex=False)); the wrong direction: MP_EPERM. */
+MP_API int mp_pipe(mp_conn **a, mp_conn **b, bool duplex);
+/* Sends len bytes as one message (buf may be NULL when len is 0). 0,
+ * MP_ECLOSED, MP_EPERM, MP_EINTR, MP_EINVAL (NULL buf with len > 0; len past
+ * 2^62). */
+MP_API int mp_conn_send(mp_conn *c, const void *buf, size_t len);
+/* Receives one message into buf: its length. MP_EMSGSIZE if cap is too
+ * small: the message stays, whole, for the next receive; MP_ETIMEDOUT;
+ * MP_ECLOSED (peer gone and nothing left); MP_EINTR. buf may be NULL when
+ * cap is 0 (for a 0-byte message, or to learn nothing but MP_EMSGSIZE). */
+MP_API ssize_t mp_conn_recv(mp_conn *c, void *buf, size_t cap, double timeout);
+/* Receives one message into a new malloc'd buffer (free it; never NULL on
+ * success, even for 0 bytes); *len its length. */
+MP_API int mp_conn_recv_alloc(mp_conn *c, void **buf, size_t *len, double timeout);
+/* 1 if a receive would not block (a message, part of one, or the peer's
+ * close is there), 0 if not within timeout; MP_EINTR. */
+MP_API int mp_conn_poll(mp_conn *c, double timeout);
+/* The descriptor, for poll/epoll or mp_wait; -1 for NULL. Do not read or
+ * write it directly. */
+MP_API int mp_conn_fileno(const mp_conn *c);
+MP_API void mp_conn_free(mp_conn *c);
+
+/* Waits until at least one of n descriptors is readable (data, or the peer
+ * closed) or has ended (process sentinels, mp_process_sentinel); connection
+ * fds (mp_conn_fileno) and sentinels mix freely. Returns how many are ready,
+ * with ready[i] set for each (ready may be NULL); 0 on timeout; MP_EINTR;
+ * MP_EINVAL for NULL fds with n > 0, a negative fd, or n past 1024; -EBADF
+ * for a closed fd. */
+MP_API int mp_wait(const int *fds, size_t n, bool *ready, double timeout);
+
 #ifdef __cplusplus
 }
 #endif
