@@ -426,8 +426,9 @@ MP_API ssize_t mp_conn_recv(mp_conn *c, void *buf, size_t cap, double timeout);
 /* Receives one message into a new malloc'd buffer (free it; never NULL on
  * success, even for 0 bytes); *len its length. */
 MP_API int mp_conn_recv_alloc(mp_conn *c, void **buf, size_t *len, double timeout);
-/* 1 if a receive would not block (a message, part of one, or the peer's
- * close is there), 0 if not within timeout; MP_EINTR. */
+/* 1 once something is there to read: a message or the start of one (the
+ * receive then waits for its rest), or the peer's close; 0 if nothing
+ * came within timeout; MP_EINTR; MP_EPERM on a send-only end. */
 MP_API int mp_conn_poll(mp_conn *c, double timeout);
 /* The descriptor, for poll/epoll or mp_wait; -1 for NULL. Do not read or
  * write it directly. */
@@ -441,6 +442,79 @@ MP_API void mp_conn_free(mp_conn *c);
  * MP_EINVAL for NULL fds with n > 0, a negative fd, or n past 1024; -EBADF
  * for a closed fd. */
 MP_API int mp_wait(const int *fds, size_t n, bool *ready, double timeout);
+
+/* ------------------------------------------------------------------------ */
+/* Queues (multiprocessing.Queue / JoinableQueue)                           */
+/* ------------------------------------------------------------------------ */
+
+/* A queue lives in the arena: create it in any process and pass the pointer
+ * to any process of the family, started before or after it was made. Many
+ * producers and many consumers; messages of any length (0 bytes too) are
+ * copied once into the queue's shared buffer and once out, with no
+ * serialisation and no feeder thread: a put that returned 0 has its message
+ * in the queue, so there is nothing to flush and no way to deadlock a join
+ * by leaving data behind. Messages arrive whole and in order per producer. A
+ * message larger than the buffer is streamed through it, a consumer copying
+ * it out while the producer copies it in; it is delivered only whole, and a
+ * put that fails midway (timeout, interrupt, close, death) leaves none of it.
+ *
+ * Crashes: a process killed at any instant inside put or get leaves the
+ * queue usable by everyone else, each message wholly there or wholly absent,
+ * never torn and never delivered twice; a message is lost only if the
+ * consumer that was taking it dies after it was taken (the same as dying
+ * just after get returned) or, for a message streamed because it is larger
+ * than the buffer, if that consumer dies in the middle of it. A producer or
+ * consumer that dies inside the queue delays the others by about 0.25 s.
+ *
+ * Blocking calls return MP_EINTR on mp_interrupt(), having taken or left
+ * nothing. */
+typedef struct mp_queue mp_queue;
+
+typedef struct mp_queue_opts {
+    size_t maxsize;  /* most messages held; 0: bounded by capacity alone */
+    size_t capacity; /* bytes of shared buffer, rounded up to a power of two,
+                        64 B .. 2 GiB; 0: 1 MiB */
+    bool joinable;   /* task_done / join (JoinableQueue) */
+} mp_queue_opts;
+
+/* opts NULL: defaults. MP_EINVAL for a capacity outside its range;
+ * MP_ENOMEM. A maxsize past what the capacity holds leaves bytes the
+ * bound (each message takes 8 bytes of header plus its length rounded up
+ * to 8). */
+MP_API int mp_queue_new(mp_queue **out, const mp_queue_opts *opts);
+/* Puts one message of len bytes (msg may be NULL when len is 0). 0,
+ * MP_EFULL (no room within timeout: nothing of it is in the queue),
+ * MP_ECLOSED, MP_EINTR, MP_EINVAL. */
+MP_API int mp_queue_put(mp_queue *q, const void *msg, size_t len, double timeout);
+/* Takes the oldest message into buf: its length. MP_EMSGSIZE if cap is too
+ * small (the message stays, whole); MP_EEMPTY (none within timeout);
+ * MP_ECLOSED (closed and drained: at once, whatever the timeout); MP_EINTR. */
+MP_API ssize_t mp_queue_get(mp_queue *q, void *buf, size_t cap, double timeout);
+/* Takes the oldest message into a new malloc'd buffer (free it; never NULL
+ * on success); *len its length. */
+MP_API int mp_queue_get_alloc(mp_queue *q, void **msg, size_t *len, double timeout);
+/* Messages in the queue now (whole ones: a message still streaming in is
+ * not counted). A snapshot, as in Python: it may change at once. */
+MP_API size_t mp_queue_qsize(const mp_queue *q);
+MP_API bool mp_queue_empty(const mp_queue *q);
+MP_API bool mp_queue_full(const mp_queue *q); /* qsize == maxsize (maxsize > 0) */
+/* Closes it for everyone: puts (and puts in progress) fail with
+ * MP_ECLOSED, gets drain what is there and then return MP_ECLOSED at once.
+ * Wakes every blocked put and get (a join goes on waiting for task_done,
+ * as in Python). Closing twice is 0. */
+MP_API int mp_queue_close(mp_queue *q);
+/* JoinableQueue: each get's message is a task; task_done marks one done.
+ * More task_done than puts: MP_EINVAL; a plain queue: MP_ESTATE. */
+MP_API int mp_queue_task_done(mp_queue *q);
+/* Waits until every message ever put has been marked done: 0,
+ * MP_ETIMEDOUT, MP_EINTR; a plain queue: MP_ESTATE. */
+MP_API int mp_queue_join(mp_queue *q, double timeout);
+/* Frees it for everyone: call once, when no process uses it. */
+MP_API void mp_queue_free(mp_queue *q);
+
+/* Put or get one variable v by value: MP_PUT(q, i); MP_GET(q, i). */
+#define MP_PUT(q, v) mp_queue_put((q), &(v), sizeof(v), MP_FOREVER)
+#define MP_GET(q, v) mp_queue_get((q), &(v), sizeof(v), MP_FOREVER)
 
 #ifdef __cplusplus
 }

@@ -54,6 +54,14 @@ bool mp__spin(mp__spinner *sp, _Atomic uint32_t *word, uint32_t val, int64_t dl,
         *start = 0; /* it would wait for us: sleep at once */
         return false;
     }
+    /* a few polls first, before a clock read: the answer is often that near */
+    for (int i = 0; i < 32; i++) {
+        if (atomic_load_explicit(word, memory_order_acquire) != val) {
+            *start = 0;
+            return true;
+        }
+        mp__cpu_relax();
+    }
     uint32_t budget = atomic_load_explicit(&sp->budget, memory_order_relaxed);
     int64_t end = (*start = mp__now_ns()) + (budget ? budget : MP__SPIN_INIT_NS);
     end = end < dl ? end : dl;
@@ -76,11 +84,12 @@ void mp__spin_learn(mp__spinner *sp, int64_t start, bool came)
     int64_t need = (at - start) * 3 / 2;
     int32_t peer = atomic_load_explicit(&sp->cpu, memory_order_relaxed);
     bool elsewhere = peer == 0 || peer != cpu_tag();
-    uint32_t b = atomic_load_explicit(&sp->budget, memory_order_relaxed);
-    b = b ? b : MP__SPIN_INIT_NS;
+    uint32_t was = atomic_load_explicit(&sp->budget, memory_order_relaxed);
+    uint32_t b = was ? was : MP__SPIN_INIT_NS;
     if (came && elsewhere && need <= MP__SPIN_MAX_NS)
         b = need > b ? (uint32_t)need : b;
     else
         b = b / 2 > MP__SPIN_MIN_NS ? b / 2 : MP__SPIN_MIN_NS;
-    atomic_store_explicit(&sp->budget, b, memory_order_relaxed);
+    if (b != was) /* the line is shared: write it only to change it */
+        atomic_store_explicit(&sp->budget, b, memory_order_relaxed);
 }
