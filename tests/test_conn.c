@@ -1018,6 +1018,65 @@ TEST(fileno_and_cloexec)
     ASSERT_EQ(mp_conn_fileno(NULL), -1);
 }
 
+static int exit_zero(void *arg)
+{
+    (void)arg;
+    return 0;
+}
+
+/* Once pipes exist, every descriptor the library holds is close-on-exec:
+ * the arena's memfd, the interrupt slots' eventfds, the lifelines' ends,
+ * the sentinels (pidfds) and the sockets. Each kind is brought into being
+ * here, then every descriptor of the process is looked at (the harness's own
+ * channels are close-on-exec too; 0, 1 and 2 are not ours). */
+static void fd_target(int fd, char *out, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, out, cap - 1);
+    out[n > 0 ? n : 0] = '\0';
+}
+
+TEST(every_descriptor_the_library_holds_is_cloexec)
+{
+    /* what the process inherited from whoever ran it is not ours; the
+     * arena's memfd (opened at load) is */
+    bool inherited[1024] = {false};
+    for (int fd = 3; fd < 1024; fd++) {
+        char target[256];
+        fd_target(fd, target, sizeof target);
+        inherited[fd] = fcntl(fd, F_GETFD) >= 0 && strncmp(target, "/memfd:", 7) != 0;
+    }
+    mp_conn *a, *b;
+    new_pipe(&a, &b, true);
+    mp_queue *q;
+    ASSERT_OK(mp_queue_new(&q, NULL));
+    mp_process *p;
+    ASSERT_OK(mp_process_new(&p, exit_zero, NULL, NULL));
+    ASSERT_OK(mp_process_start(p)); /* a pidfd and a lifeline's write end */
+    int fds[2] = {mp_conn_fileno(a), mp_process_sentinel(p)};
+    ASSERT_OK(mp_wait(fds, 2, NULL, 0.001)); /* a wait slot's eventfd */
+    ASSERT_ERR(mp_conn_recv(a, NULL, 0, 0.001), MP_ETIMEDOUT);
+    int open_fds = 0;
+    for (int fd = 3; fd < 1024; fd++) {
+        int flags = fcntl(fd, F_GETFD);
+        if (flags < 0 || inherited[fd])
+            continue;
+        open_fds++;
+        if (!(flags & FD_CLOEXEC)) {
+            char target[256];
+            fd_target(fd, target, sizeof target);
+            T_FAIL("descriptor %d (%s) is not close-on-exec", fd, target);
+        }
+    }
+    ASSERT_GE(open_fds, 4); /* memfd, two sockets, a pidfd at least */
+    ASSERT_OK(mp_process_join(p, 10 * t_scale()));
+    mp_process_free(p);
+    mp_queue_free(q);
+    mp_conn_free(a);
+    mp_conn_free(b);
+}
+
 TEST(bad_input_is_einval)
 {
     mp_conn *a, *b;
