@@ -120,7 +120,7 @@ static void new_pipe(mp_conn **a, mp_conn **b, bool duplex)
 }
 
 /* A blocking call run by a thread. */
-enum { J_RECV, J_RECV_ALLOC, J_SEND, J_POLL, J_WAIT };
+enum { J_RECV, J_RECV_ALLOC, J_SEND, J_POLL, J_WAIT, J_QGET, J_QPUT };
 
 struct job {
     int kind;
@@ -129,6 +129,7 @@ struct job {
     size_t n;        /* J_RECV: cap; J_SEND: len; J_RECV_ALLOC: the length got */
     double timeout;
     int fd;          /* J_WAIT */
+    mp_queue *q;     /* J_QGET, J_QPUT (buf, n as for J_RECV and J_SEND) */
     _Atomic pid_t tid;
     long result;
 };
@@ -142,6 +143,8 @@ static void *run_job(void *arg)
     case J_RECV_ALLOC: j->result = mp_conn_recv_alloc(j->c, &j->buf, &j->n, j->timeout); break;
     case J_SEND: j->result = mp_conn_send(j->c, j->buf, j->n); break;
     case J_POLL: j->result = mp_conn_poll(j->c, j->timeout); break;
+    case J_QGET: j->result = mp_queue_get(j->q, j->buf, j->n, j->timeout); break;
+    case J_QPUT: j->result = mp_queue_put(j->q, j->buf, j->n, j->timeout); break;
     default: j->result = mp_wait(&j->fd, 1, NULL, j->timeout); break;
     }
     return NULL;
@@ -852,6 +855,48 @@ TEST(interrupt_wakes_every_blocked_call)
         mp_conn_free(a[i]);
         mp_conn_free(b[i]);
     }
+}
+
+/* One mp_interrupt wakes every thread blocked in a pipe or a queue at once:
+ * receives on two pipes, a get asleep on an empty queue, another asleep on
+ * the same queue's get lock, and a put asleep on a full queue. Each took
+ * nothing: the queue and the pipes still hold what they held. */
+TEST(interrupt_wakes_pipe_and_queue_waits_at_once)
+{
+    enum { JOBS = 5 };
+    mp_conn *a[2], *b[2];
+    mp_queue *empty, *full;
+    ASSERT_OK(mp_queue_new(&empty, NULL));
+    ASSERT_OK(mp_queue_new(&full, &(mp_queue_opts){.maxsize = 1}));
+    ASSERT_OK(mp_queue_put(full, "old", 3, 0));
+    char bufs[JOBS][16];
+    struct job j[JOBS];
+    pthread_t t[JOBS];
+    for (int i = 0; i < 2; i++) {
+        new_pipe(&a[i], &b[i], true);
+        j[i] = (struct job){.kind = J_RECV, .c = a[i], .buf = bufs[i], .n = 16, .timeout = MP_FOREVER};
+    }
+    j[2] = (struct job){.kind = J_QGET, .q = empty, .buf = bufs[2], .n = 16, .timeout = MP_FOREVER};
+    j[3] = (struct job){.kind = J_QGET, .q = empty, .buf = bufs[3], .n = 16, .timeout = 3600};
+    j[4] = (struct job){.kind = J_QPUT, .q = full, .buf = bufs[4], .n = 5, .timeout = MP_FOREVER};
+    for (int i = 0; i < JOBS; i++)
+        t[i] = start_blocked(&j[i]);
+    mp_interrupt();
+    for (int i = 0; i < JOBS; i++)
+        join_interrupted(t[i], &j[i]);
+    ASSERT_EQ(mp_queue_qsize(full), 1);
+    ASSERT_EQ(mp_queue_get(full, bufs[0], 16, 0), 3); /* the old one, alone */
+    ASSERT_ERR(mp_queue_get(full, bufs[0], 16, 0), MP_EEMPTY);
+    ASSERT_OK(mp_queue_put(empty, "x", 1, 0)); /* both sides still work */
+    ASSERT_EQ(mp_queue_get(empty, bufs[0], 16, 0), 1);
+    for (int i = 0; i < 2; i++) {
+        ASSERT_OK(mp_conn_send(b[i], "q", 1));
+        ASSERT_EQ(mp_conn_recv(a[i], bufs[i], 16, 5), 1);
+        mp_conn_free(a[i]);
+        mp_conn_free(b[i]);
+    }
+    mp_queue_free(empty);
+    mp_queue_free(full);
 }
 
 /* A send blocked because the peer does not read: mp_interrupt makes it
