@@ -232,6 +232,37 @@ static void wake(_Atomic uint32_t *want, mp__spinner *sp)
     }
 }
 
+/* A wait for the other side's word to move: the first step spins (while
+ * the other side runs on another CPU: os/spin.c), the later ones nap. */
+struct waiting {
+    bool spun, slept;
+    int64_t t0; /* when the spin began */
+};
+
+/* 0 (look again), MP_ETIMEDOUT (dl passed), MP_EINTR. */
+static int wait_step(mp_queue *q, struct waiting *st, _Atomic uint64_t *word, mp__spinner *sp,
+                     _Atomic uint32_t *want, bool (*ready)(mp_queue *, void *), void *arg,
+                     int64_t dl, mp__waiter *w)
+{
+    if (dl != MP__NEVER && mp__now_ns() >= dl)
+        return MP_ETIMEDOUT;
+    if (!st->spun) {
+        st->spun = true;
+        uint32_t seen = atomic_load(low_half(word));
+        if (mp__spin(sp, low_half(word), seen, dl, &st->t0))
+            return 0;
+    }
+    st->slept = true;
+    return nap(want, ready, q, arg, dl, w);
+}
+
+/* After what was waited for came: a wait that slept teaches the spinner. */
+static void wait_done(const struct waiting *st, mp__spinner *sp)
+{
+    if (st->slept)
+        mp__spin_learn(sp, st->t0, true);
+}
+
 static void wake_consumers(mp_queue *q) { wake(&q->dwant, &q->pspin); }
 static void wake_producers(mp_queue *q) { wake(&q->swant, &q->gspin); }
 
@@ -299,26 +330,15 @@ static int await_room(mp_queue *q, uint64_t need, bool message, int64_t dl, mp__
     if (!(p & CLOSED) && q->cap - used(w_off(p), q->head_seen) >= need &&
         (!message || !q->maxsize))
         return 0;
-    bool spun = false, slept = false;
-    int64_t t0 = 0;
-    for (;;) {
-        if (has_room(q, &rm))
-            break;
-        if (dl != MP__NEVER && mp__now_ns() >= dl)
+    struct waiting st = {0};
+    while (!has_room(q, &rm)) {
+        int r = wait_step(q, &st, &q->gword, &q->gspin, &q->swant, has_room, &rm, dl, w);
+        if (r == MP_ETIMEDOUT)
             return MP_EFULL;
-        if (!spun) {
-            spun = true;
-            uint32_t seen = atomic_load(low_half(&q->gword));
-            if (mp__spin(&q->gspin, low_half(&q->gword), seen, dl, &t0))
-                continue;
-        }
-        slept = true;
-        int r = nap(&q->swant, has_room, q, &rm, dl, w);
         if (r == MP_EINTR)
             return r;
     }
-    if (slept)
-        mp__spin_learn(&q->gspin, t0, true);
+    wait_done(&st, &q->gspin);
     return atomic_load(&q->pword) & CLOSED ? MP_ECLOSED : 0;
 }
 
@@ -506,28 +526,16 @@ static bool abandoned(mp_queue *q, uint32_t serial)
  * MP_ETIMEDOUT, MP_EINTR. */
 static int await_data(mp_queue *q, uint32_t serial, int64_t dl, mp__waiter *w)
 {
-    bool spun = false, slept = false;
-    int64_t t0 = 0;
-    for (;;) {
-        if (has_data(q, NULL))
-            break;
+    struct waiting st = {0};
+    while (!has_data(q, NULL)) {
         if (serial && abandoned(q, serial) && !has_data(q, NULL))
             return 0;
-        if (dl != MP__NEVER && mp__now_ns() >= dl)
-            return MP_ETIMEDOUT;
-        if (!spun) {
-            spun = true;
-            uint32_t seen = atomic_load(low_half(&q->pword));
-            if (mp__spin(&q->pspin, low_half(&q->pword), seen, dl, &t0))
-                continue;
-        }
-        slept = true;
-        int r = nap(&q->dwant, has_data, q, serial ? &serial : NULL, dl, w);
-        if (r == MP_EINTR)
+        int r = wait_step(q, &st, &q->pword, &q->pspin, &q->dwant, has_data,
+                          serial ? &serial : NULL, dl, w);
+        if (r < 0)
             return r;
     }
-    if (slept)
-        mp__spin_learn(&q->pspin, t0, true);
+    wait_done(&st, &q->pspin);
     return 1;
 }
 
