@@ -49,6 +49,7 @@ static uint64_t mix64(uint64_t x)
 static void fill(void *buf, size_t n, uint64_t seed)
 {
     unsigned char *b = buf;
+    seed = mix64(seed); /* near seeds: unrelated patterns, not shifted ones */
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w = mix64(seed + i);
@@ -64,6 +65,7 @@ static void fill(void *buf, size_t n, uint64_t seed)
 static size_t pattern_end(const void *buf, size_t n, uint64_t seed)
 {
     const unsigned char *b = buf;
+    seed = mix64(seed);
     for (size_t i = 0; i < n; i += 8) {
         uint64_t w = mix64(seed + i);
         size_t k = n - i < 8 ? n - i : 8;
@@ -443,12 +445,18 @@ TEST(many_producers_many_consumers_no_loss_no_duplicate)
         c[i] = t_start(mpmc_consumer, NULL, NULL);
     for (int i = 0; i < MPMC_P; i++)
         p[i] = t_start(mpmc_producer, (void *)(uintptr_t)i, NULL);
+    uint64_t n = (uint64_t)MPMC_P * MPMC_PER;
+    /* qsize, read while both sides run, never leaves what the ring can hold */
+    double end = t_now() + 60 * t_scale();
+    while (atomic_load(&mt->count) < n && t_now() < end) {
+        ASSERT_LE(mp_queue_qsize(g_q), 64 * KiB / 16);
+        sched_yield();
+    }
     for (int i = 0; i < MPMC_P; i++)
         t_join(p[i], 0);
     ASSERT_OK(mp_queue_close(g_q));
     for (int i = 0; i < MPMC_C; i++)
         t_join(c[i], 0);
-    uint64_t n = (uint64_t)MPMC_P * MPMC_PER;
     ASSERT_EQ(atomic_load(&mt->dup), 0);
     ASSERT_EQ(atomic_load(&mt->count), n);
     ASSERT_EQ(atomic_load(&mt->sum), n * (n - 1) / 2);
@@ -780,6 +788,24 @@ TEST(streamed_put_that_times_out_leaves_nothing)
     ASSERT_ERR(mp_queue_get(q, g.buf, g.cap, 0), MP_EEMPTY);
     free(g.buf);
     free(big);
+    mp_queue_free(q);
+}
+
+/* A streamed put that gives up while no consumer is inside the queue takes
+ * its records back: they hold no room, so a small put right after it goes
+ * in at once, with no get in between to skip them. */
+TEST(streamed_put_given_up_takes_its_room_back)
+{
+    mp_queue *q = new_queue(0, 4 * KiB, false);
+    put_pattern(q, 100, 1, 0);
+    char *big = pattern_new(64 * KiB, 2);
+    ASSERT_ERR(mp_queue_put(q, big, 64 * KiB, 0), MP_EFULL); /* filled the ring, then gave up */
+    free(big);
+    put_pattern(q, 3000, 3, 0); /* would not fit beside the failed put's pieces */
+    ASSERT_EQ(mp_queue_qsize(q), 2);
+    get_expect(q, 100, 1, 0);
+    get_expect(q, 3000, 3, 0);
+    ASSERT_ERR(mp_queue_get(q, NULL, 0, 0), MP_EEMPTY);
     mp_queue_free(q);
 }
 
@@ -1354,6 +1380,31 @@ TEST(close_during_streamed_put_being_read)
     all_chans_close();
 }
 
+/* Closed while a get had parked part of a stream (I5): the stream cannot be
+ * finished, so the stash is dropped and a get answers MP_ECLOSED at once. */
+TEST(close_with_a_stash_drops_it)
+{
+    all_chans_open();
+    g_q = new_queue(0, ST_CAP, false);
+    struct job j;
+    mp_process *p = start_held_streamer(&j, 23);
+    char *buf = malloc(ST_LEN);
+    ASSERT_TRUE(buf != NULL);
+    get_until_held(buf); /* two chunks parked */
+    ASSERT_OK(mp_queue_close(g_q));
+    double t0 = t_now();
+    ASSERT_ERR(mp_queue_get(g_q, buf, ST_LEN, MP_FOREVER), MP_ECLOSED);
+    assert_at_once(t0);
+    t_send(&to_child, 1);
+    ASSERT_ERR(t_recv(&res, 10), MP_ECLOSED);
+    t_join(p, 0);
+    ASSERT_ERR(mp_queue_get(g_q, buf, ST_LEN, MP_FOREVER), MP_ECLOSED);
+    ASSERT_EQ(mp_queue_qsize(g_q), 0);
+    free(buf);
+    mp_queue_free(g_q);
+    all_chans_close();
+}
+
 /* ---- JoinableQueue ------------------------------------------------------ */
 
 TEST(joinable_counts_tasks)
@@ -1908,6 +1959,91 @@ TEST(streaming_producer_killed_then_a_message_before_the_reader_looks)
     t_join(c, 0);
     ASSERT_EQ(mp_queue_qsize(g_q), 0);
     ASSERT_ERR(mp_queue_get(g_q, NULL, 0, 0), MP_EEMPTY);
+    mp_queue_free(g_q);
+    all_chans_close();
+}
+
+/* A streaming producer killed with its first chunk in the ring and no reader
+ * yet: for a get too small for the message it is no message (not
+ * MP_EMSGSIZE), and once closed the queue answers MP_ECLOSED. */
+TEST(stream_of_a_killed_producer_is_not_a_message_for_a_small_buffer)
+{
+    all_chans_open();
+    g_q = new_queue(0, ST_CAP, false);
+    mp_process *p = t_start(put_forever_report, (void *)(uintptr_t)ST_LEN, NULL);
+    await_sleeping(t_recv(&to_parent, 10)); /* its first chunk is in: it waits for room */
+    ASSERT_OK(mp_process_kill(p));
+    t_join(p, -SIGKILL);
+    char b[2000];
+    ASSERT_ERR(mp_queue_get(g_q, b, sizeof b, 0), MP_EEMPTY);
+    ASSERT_EQ(mp_queue_qsize(g_q), 0);
+    put_pattern(g_q, 1500, 24, LONG);
+    get_expect(g_q, 1500, 24, 0);
+    mp_queue_free(g_q);
+
+    g_q = new_queue(0, ST_CAP, false); /* the same, then closed */
+    p = t_start(put_forever_report, (void *)(uintptr_t)ST_LEN, NULL);
+    await_sleeping(t_recv(&to_parent, 10));
+    ASSERT_OK(mp_process_kill(p));
+    t_join(p, -SIGKILL);
+    ASSERT_OK(mp_queue_close(g_q));
+    ASSERT_ERR(mp_queue_get(g_q, b, sizeof b, MP_FOREVER), MP_ECLOSED);
+    mp_queue_free(g_q);
+    all_chans_close();
+}
+
+/* A streaming producer killed as it gives up (its put timed out after its
+ * first chunk went in): the records it left are skipped by any get, whole
+ * buffer or small, and the queue goes on. */
+TEST(streaming_producer_killed_as_it_gives_up)
+{
+    all_chans_open();
+    g_q = new_queue(0, ST_CAP, false);
+    struct job j = {.len = ST_LEN, .seed = 25, .timeout = 0, .hook = "queue.stream.abandon",
+                    .nth = 1, .kill = true};
+    mp_process *p = t_start(put_job, &j, NULL);
+    t_join(p, -SIGKILL);
+    char *b = malloc(ST_LEN);
+    ASSERT_TRUE(b != NULL);
+    ASSERT_ERR(mp_queue_get(g_q, b, 100, 0), MP_EEMPTY);
+    ASSERT_ERR(mp_queue_get(g_q, b, ST_LEN, 0), MP_EEMPTY);
+    ASSERT_EQ(mp_queue_qsize(g_q), 0);
+    put_pattern(g_q, 90, 26, LONG);
+    ASSERT_EQ(mp_queue_qsize(g_q), 1);
+    get_expect(g_q, 90, 26, 0);
+    ASSERT_ERR(mp_queue_get(g_q, b, ST_LEN, 0), MP_EEMPTY);
+    free(b);
+    mp_queue_free(g_q);
+    all_chans_close();
+}
+
+/* A consumer killed at the start of handing over a message made whole in
+ * the stash: nothing was delivered, so the next get delivers it, once. */
+TEST(consumer_killed_delivering_the_stash)
+{
+    all_chans_open();
+    g_q = new_queue(0, ST_CAP, false);
+    struct job j;
+    mp_process *p = start_held_streamer(&j, 27);
+    char *buf = malloc(ST_LEN);
+    ASSERT_TRUE(buf != NULL);
+    get_until_held(buf);
+    t_send(&to_child, 1);
+    ASSERT_ERR(mp_queue_get(g_q, buf, ST_LEN - 1, LONG), MP_EMSGSIZE); /* whole, in the stash */
+    ASSERT_EQ(t_recv(&res, 10), 0);
+    t_join(p, 0);
+    ASSERT_EQ(mp_queue_qsize(g_q), 1);
+    struct job k = {.len = ST_LEN, .seed = 27, .timeout = LONG, .hook = "queue.stash.delivering",
+                    .nth = 1, .kill = true};
+    mp_process *c = t_start(get_job, &k, NULL);
+    t_join(c, -SIGKILL);
+    ASSERT_EQ(mp_queue_qsize(g_q), 1);
+    memset(buf, 0, ST_LEN);
+    ASSERT_EQ(mp_queue_get(g_q, buf, ST_LEN, LONG), ST_LEN);
+    ASSERT_PATTERN(buf, ST_LEN, 27);
+    ASSERT_EQ(mp_queue_qsize(g_q), 0);
+    ASSERT_ERR(mp_queue_get(g_q, buf, ST_LEN, 0), MP_EEMPTY);
+    free(buf);
     mp_queue_free(g_q);
     all_chans_close();
 }
