@@ -234,7 +234,7 @@ static int late_producer(void *arg)
 {
     (void)arg;
     for (int i = 0; i < 1000; i++)
-        if (MP_PUT(q, i) != 0)
+        if (mp_queue_put(q, &i, sizeof i, 30) != 0)
             return 1;
     return 0;
 }
@@ -244,7 +244,7 @@ static int late_consumer(void *arg)
     (void)arg;
     for (int i = 0; i < 1000; i++) {
         int v;
-        if (MP_GET(q, v) != sizeof v || v != i)
+        if (mp_queue_get(q, &v, sizeof v, 30) != sizeof v || v != i)
             return 1;
     }
     return 0;
@@ -277,10 +277,12 @@ TEST(queue_works_for_new_processes_after_kills_inside_it)
         ASSERT_OK(mp_process_join(p, 10 * t_scale()));
         mp_process_free(p);
     }
-    /* drain what the storm left, then a fresh pair must work end to end */
+    /* drain what the storm left (waiting long enough to take the get side
+     * over from a consumer killed holding it), then a fresh pair must work
+     * end to end */
     void *m;
     size_t len;
-    while (mp_queue_get_alloc(q, &m, &len, 0) == 0) {
+    while (mp_queue_get_alloc(q, &m, &len, 1) == 0) {
         ASSERT_TRUE(intact(m, len));
         free(m);
     }

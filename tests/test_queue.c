@@ -470,6 +470,49 @@ TEST(many_producers_many_consumers_no_loss_no_duplicate)
     mp_queue_free(g_q);
 }
 
+/* qsize read while a producer and a consumer run in lockstep (maxsize 1:
+ * the queue is empty or holds one) is a count, never a difference gone
+ * below zero: it reads the get count before the put count. */
+enum { LOCKSTEP_N = 150000 };
+
+static _Atomic int *lockstep_done; /* in the arena */
+
+static int lockstep_producer(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < LOCKSTEP_N; i++)
+        ASSERT_OK(mp_queue_put(g_q, &i, sizeof i, LONG));
+    return 0;
+}
+
+static int lockstep_consumer(void *arg)
+{
+    (void)arg;
+    for (int i = 0, v; i < LOCKSTEP_N; i++) {
+        ASSERT_EQ(mp_queue_get(g_q, &v, sizeof v, LONG), sizeof v);
+        ASSERT_EQ(v, i);
+    }
+    atomic_store(lockstep_done, 1);
+    return 0;
+}
+
+TEST(qsize_is_never_below_zero_while_both_sides_run)
+{
+    g_q = new_queue(1, 0, false);
+    ASSERT_TRUE((lockstep_done = mp_shared_calloc(1, sizeof *lockstep_done)) != NULL);
+    mp_process *c = t_start(lockstep_consumer, NULL, NULL);
+    mp_process *p = t_start(lockstep_producer, NULL, NULL);
+    double end = t_now() + 60 * t_scale();
+    while (!atomic_load(lockstep_done) && t_now() < end) {
+        ASSERT_LE(mp_queue_qsize(g_q), LOCKSTEP_N);
+    }
+    t_join(p, 0);
+    t_join(c, 0);
+    ASSERT_EQ(mp_queue_qsize(g_q), 0);
+    mp_shared_free(lockstep_done);
+    mp_queue_free(g_q);
+}
+
 /* ---- sizes: small, whole, streamed, wrapping ---------------------------- */
 
 /* Random sizes up to 1 MiB through a 64 KiB ring: most are streamed, and
@@ -2044,6 +2087,46 @@ TEST(consumer_killed_delivering_the_stash)
     ASSERT_EQ(mp_queue_qsize(g_q), 0);
     ASSERT_ERR(mp_queue_get(g_q, buf, ST_LEN, 0), MP_EEMPTY);
     free(buf);
+    mp_queue_free(g_q);
+    all_chans_close();
+}
+
+/* Records of a stream given up stay in the ring when a consumer holds the
+ * get lock as it is given up (here a dead one: it cannot be taken back).
+ * For a get too small for the message they are no message: it skips them
+ * rather than answer MP_EMSGSIZE for good. Also while the stream's producer,
+ * alive, is about to give it up because the queue was closed. */
+TEST(given_up_stream_left_in_the_ring_is_not_a_message_for_a_small_buffer)
+{
+    all_chans_open();
+    g_q = new_queue(0, ST_CAP, false);
+    struct job cj = {.len = 10, .seed = 1, .timeout = LONG, .hook = "queue.get.locked", .nth = 1,
+                     .kill = true};
+    mp_process *c = t_start(get_job, &cj, NULL);
+    t_join(c, -SIGKILL); /* the get lock is held by the dead */
+    char *big = pattern_new(ST_LEN, 28);
+    ASSERT_ERR(mp_queue_put(g_q, big, ST_LEN, 0), MP_EFULL); /* its first chunk went in */
+    free(big);
+    char b[2000];
+    ASSERT_ERR(mp_queue_get(g_q, b, sizeof b, 0.5 * t_scale()), MP_EEMPTY);
+    ASSERT_EQ(mp_queue_qsize(g_q), 0);
+    put_pattern(g_q, 1999, 29, LONG);
+    get_expect(g_q, 1999, 29, 0);
+
+    /* closed while its producer waits for room: it is held as it gives up */
+    struct job pj = {.len = ST_LEN, .seed = 30, .timeout = LONG, .hook = "queue.stream.abandon",
+                     .nth = 1};
+    mp_process *p = t_start(put_job, &pj, NULL);
+    await_sleeping(mp_process_pid(p)); /* its first chunk is in */
+    ASSERT_OK(mp_queue_close(g_q));
+    ASSERT_EQ(t_recv(&to_parent, 10), MSG_HELD);
+    double t0 = t_now();
+    ASSERT_ERR(mp_queue_get(g_q, b, sizeof b, MP_FOREVER), MP_ECLOSED);
+    assert_at_once(t0);
+    t_send(&to_child, 1);
+    ASSERT_ERR(t_recv(&res, 10), MP_ECLOSED);
+    t_join(p, 0);
+    ASSERT_ERR(mp_queue_get(g_q, b, sizeof b, MP_FOREVER), MP_ECLOSED);
     mp_queue_free(g_q);
     all_chans_close();
 }
