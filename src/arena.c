@@ -123,7 +123,7 @@ static_assert(sizeof(struct slab) == 32, "slab descriptor layout");
  * written under the lock and read without it; it has a line of its own, as
  * every free reads it now and then. Primary state: top, meta_top, slab_top,
  * and the arrays past the header; derived (rebuilt by recover()): hint,
- * slab_free, partial[]. */
+ * slab_free, partial[], and each live slab's avail count. */
 struct hdr {
     uint64_t magic;
     uint64_t size;                    /* of the mapping */
@@ -539,12 +539,12 @@ static unsigned refill(unsigned c, uintptr_t *out, unsigned want)
             uint32_t next = *(uint32_t *)b;
             if (next > bump) /* a stray write into a freed block: drop the rest */
                 next = 0;
-            PUB(d->avail, LD(d->avail) - 1);
+            PUB(d->avail, LD(d->avail) ? LD(d->avail) - 1 : 0); /* it only undercounts */
             PUB(d->head, next);
             out[got++] = (uintptr_t)b | DIRTY;
         }
         while (got < want && bump < cap) {
-            PUB(d->avail, LD(d->avail) - 1);
+            PUB(d->avail, LD(d->avail) ? LD(d->avail) - 1 : 0);
             PUB(d->bump, bump + 1);
             out[got++] = (uintptr_t)(start + bump++ * size);
         }
@@ -569,12 +569,28 @@ static void put_block(uintptr_t e)
     uint32_t bi = (uint32_t)((off - (uint64_t)LD(d->page) * PAGE) / csize[c]);
     *(uint32_t *)p = LD(d->head);
     PUB(d->head, bi + 1);
+    MP__HOOK("arena.block.linked");
     uint32_t avail = LD(d->avail) + 1;
     PUB(d->avail, avail);
     if (!LD(d->listed))
         list_push(c, idx);
     else if (avail == LD(d->cap) && (LD(d->prev) || LD(d->next)))
         slab_release(c, idx);
+}
+
+/* A LIVE slab's free blocks, counted: its free list (as refill walks it:
+ * a link past bump ends it) and what lies past bump. A holder that died in
+ * put_block between linking a block and counting it left avail one short. */
+static uint32_t slab_free_blocks(const struct slab *d)
+{
+    unsigned c = LD(d->cls) % NCLASS;
+    uint32_t cap = LD(d->cap), bump = LD(d->bump), k = 0;
+    if (bump > cap)
+        return 0;
+    const char *start = page_ptr(LD(d->page));
+    for (uint32_t b = LD(d->head); b && b <= bump && k < bump; k++)
+        b = *(const uint32_t *)(start + (b - 1) * csize[c]);
+    return k + (cap - bump);
 }
 
 /* After a holder died: finish what it left half done, rebuild what is derived. */
@@ -595,6 +611,7 @@ static void recover(void)
             free = idx + 1;
             break;
         case S_LIVE: /* its fields were all written before it became LIVE */
+            ST(d->avail, slab_free_blocks(d));
             ST(d->listed, 0);
             if (LD(d->cls) < NCLASS && (LD(d->head) || LD(d->bump) < LD(d->cap)))
                 list_push(LD(d->cls), idx);

@@ -8,10 +8,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -946,6 +948,48 @@ TEST(killed_at_any_instant_leaves_the_arena_valid)
     mp_shared_free(q);
     ASSERT_EQ(mp_shared_usage(), u);
     chans_close();
+}
+
+/* A holder killed in free between linking a block into its slab's free
+ * list and counting it left the slab's count one short. The next holder
+ * recounts it, so taking every block of the slab afterwards never drives the
+ * count below zero (it wrapped, and the slab looked all free while its
+ * blocks were held). */
+static void die_when_linked(const char *where)
+{
+    if (strcmp(where, "arena.block.linked") == 0)
+        raise(SIGKILL);
+}
+
+static int free_until_linked(void *arg)
+{
+    void **blocks = arg;
+    mp__hook = die_when_linked;
+    for (int i = 0; i < 512; i++) /* past the thread cache: the lock is taken */
+        mp_shared_free(blocks[i]);
+    return 1; /* never: the first block linked kills it */
+}
+
+TEST(killed_between_linking_and_counting_a_free_block)
+{
+    enum { N = 512 };
+    void **blocks = mp_shared_calloc(N, sizeof *blocks);
+    ASSERT_TRUE(blocks != NULL);
+    for (int i = 0; i < N; i++)
+        ASSERT_TRUE((blocks[i] = mp_shared_alloc(48)) != NULL);
+    mp_process *p = t_start(free_until_linked, blocks, NULL);
+    t_join(p, -9);
+    ASSERT_EQ(mp__arena_check(), 0); /* takes the lock over: recover() */
+    ASSERT_GE(mp__arena_recoveries(), 1);
+    void **more = malloc(4 * N * sizeof *more);
+    ASSERT_TRUE(more != NULL);
+    for (int i = 0; i < 4 * N; i++) /* every block of the class, and more slabs */
+        ASSERT_TRUE((more[i] = mp_shared_alloc(48)) != NULL);
+    ASSERT_EQ(mp__arena_check(), 0);
+    for (int i = 0; i < 4 * N; i++)
+        mp_shared_free(more[i]);
+    free(more);
+    ASSERT_EQ(mp__arena_check(), 0);
 }
 
 /* ---- the rest of the promise --------------------------------------------------------------- */
