@@ -1,6 +1,8 @@
 #include "harness.h"
 
 #include <dirent.h>
+#include <string.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -347,4 +349,24 @@ int main(int argc, char **argv)
     }
     printf("%d passed, %d failed\n", ncases - failed, failed);
     return failed != 0;
+}
+
+pthread_t t_thread(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    int e = pthread_create(&t, NULL, fn, arg);
+    if (e)
+        T_FAIL("pthread_create: %s", strerror(e));
+    return t;
+}
+
+void *t_join_thread(pthread_t t)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(20 * t_scale());
+    void *ret;
+    if (pthread_timedjoin_np(t, &ret, &ts) != 0)
+        T_FAIL("a thread did not end within %g s", 20 * t_scale());
+    return ret;
 }

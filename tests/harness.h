@@ -16,6 +16,7 @@
 
 #include "mproc.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <string.h>
@@ -106,6 +107,12 @@ void chans_close(void);
 int t_recv(t_chan *c, double timeout);
 /* Like t_recv, but returns false on timeout or EOF instead of failing. */
 bool t_try_recv(t_chan *c, double timeout, int *v);
+
+/* pthread_create, or fail the case. */
+pthread_t t_thread(void *(*fn)(void *), void *arg);
+/* Joins t within 20 s (scaled) and returns what it returned, or fails the
+ * case: a thread stuck in a blocking call fails one case, not the suite. */
+void *t_join_thread(pthread_t t);
 
 /* Waits until pid (any process) has ended, at most timeout * t_scale()
  * seconds; reaps it if it is our child. false on timeout. */

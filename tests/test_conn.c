@@ -61,23 +61,6 @@ static size_t first_bad(const void *p, size_t n, uint64_t seed)
 
 #define ASSERT_PATTERN(p, n, seed) ASSERT_EQ(first_bad((p), (n), (seed)), (n))
 
-static pthread_t thread(void *(*fn)(void *), void *arg)
-{
-    pthread_t t;
-    ASSERT_EQ(pthread_create(&t, NULL, fn, arg), 0);
-    return t;
-}
-
-/* Joins t within 20 s (scaled), or fails the case. */
-static void join_thread(pthread_t t)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(20 * t_scale());
-    if (pthread_timedjoin_np(t, NULL, &ts) != 0)
-        T_FAIL("a thread did not end within %g s", 20 * t_scale());
-}
-
 /* The state letter of a thread (a tid, or a pid for a process) from /proc. */
 static char proc_state(pid_t tid)
 {
@@ -155,7 +138,7 @@ static pthread_t start_blocked(struct job *j)
 {
     atomic_store(&j->tid, 0);
     j->result = 1;
-    pthread_t t = thread(run_job, j);
+    pthread_t t = t_thread(run_job, j);
     double end = t_now() + 10 * t_scale();
     while (!atomic_load(&j->tid)) {
         if (t_now() > end)
@@ -299,7 +282,7 @@ TEST(emsgsize_leaves_the_message)
     memset(buf, 0, MIB);
     ASSERT_EQ(mp_conn_recv(a, buf, MIB, 10 * t_scale()), (ssize_t)MIB);
     ASSERT_PATTERN(buf, MIB, 2);
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_OK(s.result);
     ASSERT_ERR(mp_conn_recv(a, buf, MIB, 0), MP_ETIMEDOUT);
     free(big);
@@ -348,7 +331,7 @@ TEST(recv_lock_wait_honours_timeout)
     assert_on_time(t0, 0.2);
     ASSERT_ERR(mp_conn_recv(a, buf, sizeof buf, 0), MP_ETIMEDOUT);
     ASSERT_OK(mp_conn_send(b, "hello", 5));
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_EQ(j.result, 5);
     ASSERT_TRUE(memcmp(tbuf, "hello", 5) == 0);
     mp_conn_free(a);
@@ -462,7 +445,7 @@ static void send_to_closed_peer(void)
     struct job s = {.kind = J_SEND, .c = b, .buf = big, .n = 4 * MIB};
     pthread_t t = start_blocked(&s);
     mp_conn_free(a);
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_ERR(s.result, MP_ECLOSED);
     mp_conn_free(b);
     free(big);
@@ -669,7 +652,7 @@ TEST(eight_threads_receive_each_message_once)
     new_pipe(&g.a, &g.b, true);
     pthread_t t[RECEIVERS];
     for (int i = 0; i < RECEIVERS; i++)
-        t[i] = thread(receiver_thread, (void *)(intptr_t)i);
+        t[i] = t_thread(receiver_thread, (void *)(intptr_t)i);
     mp_process *p = t_start(send_to_receivers, NULL, NULL);
     mp_conn_free(g.b);
     for (int i = 0; i < RECEIVERS; i++) {
@@ -923,11 +906,11 @@ TEST(interrupted_send_is_never_delivered)
     mp_interrupt();
     join_interrupted(t, &s);
     s = (struct job){.kind = J_SEND, .c = b, .buf = third, .n = sizeof third};
-    t = thread(run_job, &s);
+    t = t_thread(run_job, &s);
     memset(buf, 0, n);
     ASSERT_EQ(mp_conn_recv(a, buf, n, 30 * t_scale()), (ssize_t)sizeof third);
     ASSERT_PATTERN(buf, sizeof third, 3);
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_OK(s.result);
     ASSERT_ERR(mp_conn_recv(a, buf, n, 0), MP_ETIMEDOUT);
     /* interrupted before any byte went out: nothing of it, nothing owed */

@@ -112,22 +112,6 @@ static void put_pattern(mp_queue *q, size_t n, uint64_t seed, double timeout)
     free(b);
 }
 
-static pthread_t thread(void *(*fn)(void *), void *arg)
-{
-    pthread_t t;
-    ASSERT_EQ(pthread_create(&t, NULL, fn, arg), 0);
-    return t;
-}
-
-/* Joins t within 10 s (scaled), or fails the case. */
-static void join_thread(pthread_t t)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(10 * t_scale());
-    ASSERT_EQ(pthread_timedjoin_np(t, NULL, &ts), 0);
-}
-
 /* The state letter of a thread (a tid, or a pid for a process) from /proc. */
 static char thread_state(pid_t tid)
 {
@@ -822,9 +806,9 @@ TEST(streamed_put_that_times_out_leaves_nothing)
     ASSERT_TRUE(g.buf != NULL);
     ASSERT_EQ(mp_queue_get(q, g.buf, g.cap, 0), 100);
     ASSERT_PATTERN(g.buf, 100, 1);
-    pthread_t t = thread(getter_main, &g);
+    pthread_t t = t_thread(getter_main, &g);
     put_pattern(q, 300, 3, LONG);
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_EQ(g.n, 300);
     ASSERT_PATTERN(g.buf, 300, 3);
     ASSERT_EQ(mp_queue_qsize(q), 0);
@@ -1053,11 +1037,11 @@ TEST(interrupt_wakes_a_blocked_get_and_is_consumed)
     no_periodic_look();
     char b[16];
     struct getter g = {.q = q, .buf = b, .cap = sizeof b, .timeout = MP_FOREVER};
-    pthread_t t = thread(getter_main, &g);
+    pthread_t t = t_thread(getter_main, &g);
     await_tid(&g.tid);
     await_sleeping(g.tid);
     mp_interrupt();
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_ERR(g.n, MP_EINTR);
     periodic_look_back();
     ASSERT_ERR(mp_queue_get(q, b, sizeof b, 0), MP_EEMPTY); /* consumed */
@@ -1072,11 +1056,11 @@ TEST(interrupt_wakes_a_put_blocked_on_full)
     ASSERT_OK(mp_queue_put(q, "a", 1, 0));
     no_periodic_look();
     struct putter pt = {.q = q, .msg = "b", .len = 1, .timeout = MP_FOREVER};
-    pthread_t t = thread(putter_main, &pt);
+    pthread_t t = t_thread(putter_main, &pt);
     await_tid(&pt.tid);
     await_sleeping(pt.tid);
     mp_interrupt();
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_ERR(pt.r, MP_EINTR);
     periodic_look_back();
     ASSERT_EQ(mp_queue_qsize(q), 1); /* it left nothing */
@@ -1093,11 +1077,11 @@ TEST(interrupt_wakes_a_streamed_put_and_leaves_nothing)
     char *big = pattern_new(64 * KiB, 3);
     no_periodic_look();
     struct putter pt = {.q = q, .msg = big, .len = 64 * KiB, .timeout = MP_FOREVER};
-    pthread_t t = thread(putter_main, &pt);
+    pthread_t t = t_thread(putter_main, &pt);
     await_tid(&pt.tid);
     await_sleeping(pt.tid); /* its first chunk is in, it waits for room */
     mp_interrupt();
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_ERR(pt.r, MP_EINTR);
     periodic_look_back();
     ASSERT_EQ(mp_queue_qsize(q), 0);
@@ -1123,7 +1107,7 @@ TEST(interrupt_wakes_every_blocked_get)
     pthread_t t[GETTERS];
     for (int i = 0; i < GETTERS; i++) {
         g[i] = (struct getter){.q = q, .buf = b[i], .cap = sizeof b[i], .timeout = MP_FOREVER};
-        t[i] = thread(getter_main, &g[i]);
+        t[i] = t_thread(getter_main, &g[i]);
     }
     for (int i = 0; i < GETTERS; i++) { /* one in the queue's wait, the others in its lock */
         await_tid(&g[i].tid);
@@ -1131,7 +1115,7 @@ TEST(interrupt_wakes_every_blocked_get)
     }
     mp_interrupt();
     for (int i = 0; i < GETTERS; i++) {
-        join_thread(t[i]);
+        t_join_thread(t[i]);
         ASSERT_ERR(g[i].n, MP_EINTR);
     }
     periodic_look_back();
@@ -1167,13 +1151,13 @@ TEST(interrupted_get_midstream_goes_on_in_the_next_get)
     no_periodic_look();
     struct getter g = {.q = g_q, .buf = malloc(ST_LEN), .cap = ST_LEN, .timeout = MP_FOREVER};
     ASSERT_TRUE(g.buf != NULL);
-    pthread_t t = thread(getter_main, &g);
+    pthread_t t = t_thread(getter_main, &g);
     struct job j;
     mp_process *p = start_held_streamer(&j, 9);
     ASSERT_EQ(t_recv(&to_parent, 10), MSG_HELD); /* the getter took two chunks */
     await_sleeping(g.tid);
     mp_interrupt();
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_ERR(g.n, MP_EINTR);
     periodic_look_back();
     ASSERT_EQ(mp_queue_qsize(g_q), 0);
@@ -1309,12 +1293,12 @@ TEST(close_wakes_blocked_gets_in_other_processes_and_threads)
     await_sleeping(pid);
     char b[8];
     struct getter g = {.q = g_q, .buf = b, .cap = sizeof b, .timeout = MP_FOREVER};
-    pthread_t t = thread(getter_main, &g);
+    pthread_t t = t_thread(getter_main, &g);
     await_tid(&g.tid);
     await_sleeping(g.tid);
     ASSERT_OK(mp_queue_close(g_q));
     ASSERT_ERR(t_recv(&res, 3), MP_ECLOSED);
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_ERR(g.n, MP_ECLOSED);
     periodic_look_back();
     t_join(p, 0);
@@ -1340,11 +1324,11 @@ TEST(close_wakes_blocked_puts_and_their_messages_stay_out)
     mp_queue *q = new_queue(1, 0, false);
     ASSERT_OK(mp_queue_put(q, "a", 1, 0));
     struct putter pt = {.q = q, .msg = "b", .len = 1, .timeout = MP_FOREVER};
-    pthread_t t = thread(putter_main, &pt);
+    pthread_t t = t_thread(putter_main, &pt);
     await_tid(&pt.tid);
     await_sleeping(pt.tid);
     ASSERT_OK(mp_queue_close(q));
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_ERR(pt.r, MP_ECLOSED);
     ASSERT_EQ(mp_queue_qsize(q), 1);
     char b[4];
@@ -1405,12 +1389,12 @@ TEST(close_during_streamed_put_being_read)
     no_periodic_look();
     struct getter g = {.q = g_q, .buf = malloc(ST_LEN), .cap = ST_LEN, .timeout = MP_FOREVER};
     ASSERT_TRUE(g.buf != NULL);
-    pthread_t t = thread(getter_main, &g);
+    pthread_t t = t_thread(getter_main, &g);
     struct job j;
     mp_process *p = start_held_streamer(&j, 10);
     ASSERT_EQ(t_recv(&to_parent, 10), MSG_HELD); /* the getter is midway */
     ASSERT_OK(mp_queue_close(g_q));
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_ERR(g.n, MP_ECLOSED);
     t_send(&to_child, 1); /* its next chunk meets the close */
     ASSERT_ERR(t_recv(&res, 10), MP_ECLOSED);
@@ -1857,11 +1841,11 @@ TEST(get_that_cannot_park_finishes_the_message)
     np.tid = gettid();
     np.timeout = 0.5;
     np.t0 = t_now();
-    pthread_t t = thread(release_after_deadline, NULL);
+    pthread_t t = t_thread(release_after_deadline, NULL);
     ASSERT_EQ(mp_queue_get(g_q, b, LEN, np.timeout), LEN);
     ASSERT_GE(t_now() - np.t0, np.timeout);
     ASSERT_PATTERN(b, LEN, 11);
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_EQ(t_recv(&res, 10), 0);
     t_join(p, 0);
     ASSERT_EQ(mp_queue_qsize(g_q), 0);
@@ -1941,14 +1925,14 @@ TEST(streaming_producer_killed_midway)
     g_q = new_queue(0, ST_CAP, false);
     struct getter g = {.q = g_q, .buf = malloc(ST_LEN), .cap = ST_LEN, .timeout = LONG};
     ASSERT_TRUE(g.buf != NULL);
-    pthread_t t = thread(getter_main, &g);
+    pthread_t t = t_thread(getter_main, &g);
     struct job j = {.len = ST_LEN, .seed = 12, .timeout = LONG, .hook = "queue.stream.chunk",
                     .nth = 3, .kill = true};
     mp_process *p = t_start(put_job, &j, NULL);
     t_join(p, -SIGKILL);
     ASSERT_EQ(mp_queue_qsize(g_q), 0);
     put_pattern(g_q, 1000, 13, LONG);
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_EQ(g.n, 1000);
     ASSERT_PATTERN(g.buf, 1000, 13);
     ASSERT_EQ(mp_queue_qsize(g_q), 0);
@@ -2159,10 +2143,10 @@ TEST(streaming_consumer_killed_midway_loses_only_that_message)
                     .nth = 2, .kill = true};
     mp_process *c = t_start(get_job, &j, NULL);
     struct big_then_small bs = {g_q, 1, 1};
-    pthread_t t = thread(put_big_then_small, &bs);
+    pthread_t t = t_thread(put_big_then_small, &bs);
     t_join(c, -SIGKILL);
     get_expect(g_q, 777, 16, LONG);
-    join_thread(t);
+    t_join_thread(t);
     ASSERT_OK(bs.r1);
     ASSERT_OK(bs.r2);
     ASSERT_EQ(mp_queue_qsize(g_q), 0);

@@ -18,25 +18,8 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-
-
-static pthread_t thread(void *(*fn)(void *), void *arg)
-{
-    pthread_t t;
-    ASSERT_EQ(pthread_create(&t, NULL, fn, arg), 0);
-    return t;
-}
-
-/* Joins t within 10 s (scaled) and returns what it returned, as an int. */
-static int join_thread(pthread_t t)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(10 * t_scale());
-    void *ret;
-    ASSERT_EQ(pthread_timedjoin_np(t, &ret, &ts), 0);
-    return (int)(intptr_t)ret;
-}
+/* What a thread returned, as an int. */
+static int join_int(pthread_t t) { return (int)(intptr_t)t_join_thread(t); }
 
 /* The state letter of a thread (a tid, or a pid for a process) from /proc. */
 static char thread_state(pid_t tid)
@@ -440,7 +423,7 @@ TEST(rlock_recursion_and_eperm)
     for (int i = 0; i < 3; i++)
         ASSERT_OK(mp_rlock_acquire(g_rlock, 0));
     ASSERT_TRUE(mp_rlock_locked(g_rlock));
-    ASSERT_EQ(join_thread(thread(rlock_other_thread, NULL)), 0);
+    ASSERT_EQ(join_int(t_thread(rlock_other_thread, NULL)), 0);
     t_join(t_start(rlock_other_process, NULL, NULL), 0);
     for (int i = 0; i < 3; i++) {
         ASSERT_TRUE(mp_rlock_locked(g_rlock));
@@ -464,13 +447,13 @@ TEST(rlock_timeout_on_time)
 {
     ASSERT_OK(mp_rlock_new(&g_rlock));
     t_chan c[2] = {t_chan_new(), t_chan_new()};
-    pthread_t t = thread(rlock_hold_in_thread, c);
+    pthread_t t = t_thread(rlock_hold_in_thread, c);
     ASSERT_EQ(t_recv(&c[0], 10), 0);
     double t0 = t_now();
     ASSERT_ERR(mp_rlock_acquire(g_rlock, TIMEOUT), MP_ETIMEDOUT);
     assert_on_time(t0, TIMEOUT);
     t_send(&c[1], 0);
-    ASSERT_EQ(join_thread(t), 0);
+    ASSERT_EQ(join_int(t), 0);
     t_chan_close(&c[0]);
     t_chan_close(&c[1]);
     mp_rlock_free(g_rlock);
@@ -1300,7 +1283,7 @@ static void interrupt_wakes(int kind)
      * hour: the only thing that can end the sleep is the interrupt's wake. */
     int64_t check = mp__check_ns;
     mp__check_ns = 3600 * INT64_C(1000000000);
-    pthread_t t = thread(blocked_call, (void *)(intptr_t)kind);
+    pthread_t t = t_thread(blocked_call, (void *)(intptr_t)kind);
     double end = t_now() + 10 * t_scale();
     while (!iw.tid && t_now() < end)
         sched_yield();
@@ -1402,7 +1385,7 @@ TEST(interrupt_consumed_exactly_once_by_concurrent_calls)
 {
     enum { N = 5000 }; /* a duplicate came within 2000 in 20 runs out of 20 */
     ASSERT_OK(mp_sem_new(&ic.sem, 0, 0));
-    pthread_t t[2] = {thread(intr_poller, (void *)0), thread(intr_poller, (void *)1)};
+    pthread_t t[2] = {t_thread(intr_poller, (void *)0), t_thread(intr_poller, (void *)1)};
     double end = t_now() + 40 * t_scale();
     for (long i = 0; i < N; i++) {
         mp_interrupt();
@@ -1414,8 +1397,8 @@ TEST(interrupt_consumed_exactly_once_by_concurrent_calls)
         ASSERT_EQ(eintr, i + 1); /* not twice */
     }
     atomic_store(&ic.stop, 1);
-    ASSERT_EQ(join_thread(t[0]), 0);
-    ASSERT_EQ(join_thread(t[1]), 0);
+    ASSERT_EQ(join_int(t[0]), 0);
+    ASSERT_EQ(join_int(t[1]), 0);
     long eintr = atomic_load(&ic.eintr);
     int bad = atomic_load(&ic.bad);
     ASSERT_EQ(eintr, N);
