@@ -370,3 +370,27 @@ void *t_join_thread(pthread_t t)
         T_FAIL("a thread did not end within %g s", 20 * t_scale());
     return ret;
 }
+
+char t_proc_state(pid_t tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return '?';
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' ? p[2] : '?';
+}
+
+void t_await_state(pid_t tid, char state)
+{
+    double end = t_now() + 10 * t_scale();
+    while (t_proc_state(tid) != state) {
+        if (t_now() > end)
+            T_FAIL("%d never reached state %c (it is %c)", (int)tid, state, t_proc_state(tid));
+        sched_yield();
+    }
+}

@@ -108,6 +108,14 @@ int t_recv(t_chan *c, double timeout);
 /* Like t_recv, but returns false on timeout or EOF instead of failing. */
 bool t_try_recv(t_chan *c, double timeout, int *v);
 
+/* The state letter of a thread (a tid, or a pid for a process) from
+ * /proc/<tid>/stat ('R', 'S', 'T', ...), '?' if it cannot be read. */
+char t_proc_state(pid_t tid);
+/* Hand-shake with a blocking call we cannot see into: waits until the
+ * thread (or process) is in state `state` ('S': asleep in the kernel, its
+ * spin over), or fails the case within 10 s (scaled). */
+void t_await_state(pid_t tid, char state);
+
 /* pthread_create, or fail the case. */
 pthread_t t_thread(void *(*fn)(void *), void *arg);
 /* Joins t within 20 s (scaled) and returns what it returned, or fails the

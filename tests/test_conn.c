@@ -61,33 +61,6 @@ static size_t first_bad(const void *p, size_t n, uint64_t seed)
 
 #define ASSERT_PATTERN(p, n, seed) ASSERT_EQ(first_bad((p), (n), (seed)), (n))
 
-/* The state letter of a thread (a tid, or a pid for a process) from /proc. */
-static char proc_state(pid_t tid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return '?';
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p && p[1] == ' ' ? p[2] : '?';
-}
-
-/* Hand-shake with a blocking call we cannot see into: waits until the
- * thread (or process) is in state `state`, or fails the case. */
-static void await_state(pid_t tid, char state)
-{
-    double end = t_now() + 10 * t_scale();
-    while (proc_state(tid) != state) {
-        if (t_now() > end)
-            T_FAIL("%d never reached state %c (it is %c)", (int)tid, state, proc_state(tid));
-        sched_yield();
-    }
-}
-
 /* The call took at least timeout seconds, and not much more. */
 static void assert_on_time(double t0, double timeout)
 {
@@ -145,7 +118,7 @@ static pthread_t start_blocked(struct job *j)
             T_FAIL("the job's thread did not start");
         sched_yield();
     }
-    await_state(atomic_load(&j->tid), 'S');
+    t_await_state(atomic_load(&j->tid), 'S');
     return t;
 }
 
@@ -956,7 +929,7 @@ static void stop_mid_send(mp_process *p)
 {
     ASSERT_EQ(mp_conn_poll(g.a, 30 * t_scale()), 1);
     ASSERT_EQ(kill(mp_process_pid(p), SIGSTOP), 0);
-    await_state(mp_process_pid(p), 'T');
+    t_await_state(mp_process_pid(p), 'T');
 }
 
 TEST(recv_stopped_mid_message_keeps_it)

@@ -112,33 +112,6 @@ static void put_pattern(mp_queue *q, size_t n, uint64_t seed, double timeout)
     free(b);
 }
 
-/* The state letter of a thread (a tid, or a pid for a process) from /proc. */
-static char thread_state(pid_t tid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return '?';
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p && p[1] == ' ' ? p[2] : '?';
-}
-
-/* Hand-shake with a blocking call we cannot see into: waits until the thread
- * (or single-threaded process) sleeps in the kernel, or fails the case. */
-static void await_sleeping(pid_t tid)
-{
-    double end = t_now() + 10 * t_scale();
-    while (thread_state(tid) != 'S') {
-        if (t_now() > end)
-            T_FAIL("thread %d never went to sleep", (int)tid);
-        sched_yield();
-    }
-}
-
 static void await_tid(_Atomic pid_t *tid)
 {
     double end = t_now() + 10 * t_scale();
@@ -1039,7 +1012,7 @@ TEST(interrupt_wakes_a_blocked_get_and_is_consumed)
     struct getter g = {.q = q, .buf = b, .cap = sizeof b, .timeout = MP_FOREVER};
     pthread_t t = t_thread(getter_main, &g);
     await_tid(&g.tid);
-    await_sleeping(g.tid);
+    t_await_state(g.tid, 'S');
     mp_interrupt();
     t_join_thread(t);
     ASSERT_ERR(g.n, MP_EINTR);
@@ -1058,7 +1031,7 @@ TEST(interrupt_wakes_a_put_blocked_on_full)
     struct putter pt = {.q = q, .msg = "b", .len = 1, .timeout = MP_FOREVER};
     pthread_t t = t_thread(putter_main, &pt);
     await_tid(&pt.tid);
-    await_sleeping(pt.tid);
+    t_await_state(pt.tid, 'S');
     mp_interrupt();
     t_join_thread(t);
     ASSERT_ERR(pt.r, MP_EINTR);
@@ -1079,7 +1052,7 @@ TEST(interrupt_wakes_a_streamed_put_and_leaves_nothing)
     struct putter pt = {.q = q, .msg = big, .len = 64 * KiB, .timeout = MP_FOREVER};
     pthread_t t = t_thread(putter_main, &pt);
     await_tid(&pt.tid);
-    await_sleeping(pt.tid); /* its first chunk is in, it waits for room */
+    t_await_state(pt.tid, 'S'); /* its first chunk is in, it waits for room */
     mp_interrupt();
     t_join_thread(t);
     ASSERT_ERR(pt.r, MP_EINTR);
@@ -1111,7 +1084,7 @@ TEST(interrupt_wakes_every_blocked_get)
     }
     for (int i = 0; i < GETTERS; i++) { /* one in the queue's wait, the others in its lock */
         await_tid(&g[i].tid);
-        await_sleeping(g[i].tid);
+        t_await_state(g[i].tid, 'S');
     }
     mp_interrupt();
     for (int i = 0; i < GETTERS; i++) {
@@ -1155,7 +1128,7 @@ TEST(interrupted_get_midstream_goes_on_in_the_next_get)
     struct job j;
     mp_process *p = start_held_streamer(&j, 9);
     ASSERT_EQ(t_recv(&to_parent, 10), MSG_HELD); /* the getter took two chunks */
-    await_sleeping(g.tid);
+    t_await_state(g.tid, 'S');
     mp_interrupt();
     t_join_thread(t);
     ASSERT_ERR(g.n, MP_EINTR);
@@ -1202,10 +1175,10 @@ TEST(put_wakes_a_get_sleeping_in_another_process)
     g_q = new_queue(0, ST_CAP, false);
     no_periodic_look();
     mp_process *p = t_start(get_two_report, NULL, NULL);
-    await_sleeping(t_recv(&to_parent, 10));
+    t_await_state(t_recv(&to_parent, 10), 'S');
     put_pattern(g_q, 100, 21, 0);
     ASSERT_EQ(t_recv(&res, 3), 100);
-    await_sleeping(t_recv(&to_parent, 10));
+    t_await_state(t_recv(&to_parent, 10), 'S');
     put_pattern(g_q, ST_LEN, 22, 10 * t_scale()); /* each chunk wakes it, each take wakes us */
     ASSERT_EQ(t_recv(&res, 3), ST_LEN);
     t_join(p, 0);
@@ -1221,7 +1194,7 @@ TEST(get_wakes_a_put_sleeping_in_another_process)
     no_periodic_look();
     put_pattern(g_q, 10, 1, 0);
     mp_process *p = t_start(put_forever_report, (void *)(uintptr_t)20, NULL);
-    await_sleeping(t_recv(&to_parent, 10));
+    t_await_state(t_recv(&to_parent, 10), 'S');
     get_expect(g_q, 10, 1, 0);
     ASSERT_EQ(t_recv(&res, 3), 0);
     get_expect(g_q, 20, 99, 0);
@@ -1290,12 +1263,12 @@ TEST(close_wakes_blocked_gets_in_other_processes_and_threads)
     no_periodic_look();
     mp_process *p = t_start(get_forever_report, NULL, NULL);
     pid_t pid = t_recv(&to_parent, 10);
-    await_sleeping(pid);
+    t_await_state(pid, 'S');
     char b[8];
     struct getter g = {.q = g_q, .buf = b, .cap = sizeof b, .timeout = MP_FOREVER};
     pthread_t t = t_thread(getter_main, &g);
     await_tid(&g.tid);
-    await_sleeping(g.tid);
+    t_await_state(g.tid, 'S');
     ASSERT_OK(mp_queue_close(g_q));
     ASSERT_ERR(t_recv(&res, 3), MP_ECLOSED);
     t_join_thread(t);
@@ -1326,7 +1299,7 @@ TEST(close_wakes_blocked_puts_and_their_messages_stay_out)
     struct putter pt = {.q = q, .msg = "b", .len = 1, .timeout = MP_FOREVER};
     pthread_t t = t_thread(putter_main, &pt);
     await_tid(&pt.tid);
-    await_sleeping(pt.tid);
+    t_await_state(pt.tid, 'S');
     ASSERT_OK(mp_queue_close(q));
     t_join_thread(t);
     ASSERT_ERR(pt.r, MP_ECLOSED);
@@ -1341,7 +1314,7 @@ TEST(close_wakes_blocked_puts_and_their_messages_stay_out)
     g_q = new_queue(0, 256, false);
     put_pattern(g_q, 200, 1, 0);
     mp_process *p = t_start(put_forever_report, (void *)(uintptr_t)200, NULL);
-    await_sleeping(t_recv(&to_parent, 10));
+    t_await_state(t_recv(&to_parent, 10), 'S');
     ASSERT_OK(mp_queue_close(g_q));
     ASSERT_ERR(t_recv(&res, 3), MP_ECLOSED);
     t_join(p, 0);
@@ -1362,7 +1335,7 @@ TEST(close_during_streamed_put_delivers_no_part)
     no_periodic_look();
     put_pattern(g_q, 50, 1, 0);
     mp_process *p = t_start(put_forever_report, (void *)(uintptr_t)ST_LEN, NULL);
-    await_sleeping(t_recv(&to_parent, 10));
+    t_await_state(t_recv(&to_parent, 10), 'S');
     ASSERT_OK(mp_queue_close(g_q));
     ASSERT_ERR(t_recv(&res, 3), MP_ECLOSED);
     t_join(p, 0);
@@ -1812,7 +1785,7 @@ static void *release_after_deadline(void *arg)
     ASSERT_EQ(t_recv(&to_parent, 10), MSG_HELD);
     /* the getter is midway; let its deadline pass while it waits */
     double end = t_now() + 10 * t_scale();
-    while (t_now() < np.t0 + np.timeout + 0.1 || thread_state(np.tid) != 'S') {
+    while (t_now() < np.t0 + np.timeout + 0.1 || t_proc_state(np.tid) != 'S') {
         if (t_now() > end)
             T_FAIL("the getter never waited past its deadline");
         sched_yield();
@@ -1973,7 +1946,7 @@ TEST(streaming_producer_killed_then_a_message_before_the_reader_looks)
     ASSERT_EQ(t_recv(&to_parent, 10), MSG_HELD); /* the reader took two chunks */
     ASSERT_EQ(kill(cpid, SIGSTOP), 0);
     double end = t_now() + 10 * t_scale();
-    while (thread_state(cpid) != 'T' && thread_state(cpid) != 't') {
+    while (t_proc_state(cpid) != 'T' && t_proc_state(cpid) != 't') {
         if (t_now() > end)
             T_FAIL("the reader never stopped");
         sched_yield();
@@ -1998,7 +1971,7 @@ TEST(stream_of_a_killed_producer_is_not_a_message_for_a_small_buffer)
     all_chans_open();
     g_q = new_queue(0, ST_CAP, false);
     mp_process *p = t_start(put_forever_report, (void *)(uintptr_t)ST_LEN, NULL);
-    await_sleeping(t_recv(&to_parent, 10)); /* its first chunk is in: it waits for room */
+    t_await_state(t_recv(&to_parent, 10), 'S'); /* its first chunk is in: it waits for room */
     ASSERT_OK(mp_process_kill(p));
     t_join(p, -SIGKILL);
     char b[2000];
@@ -2010,7 +1983,7 @@ TEST(stream_of_a_killed_producer_is_not_a_message_for_a_small_buffer)
 
     g_q = new_queue(0, ST_CAP, false); /* the same, then closed */
     p = t_start(put_forever_report, (void *)(uintptr_t)ST_LEN, NULL);
-    await_sleeping(t_recv(&to_parent, 10));
+    t_await_state(t_recv(&to_parent, 10), 'S');
     ASSERT_OK(mp_process_kill(p));
     t_join(p, -SIGKILL);
     ASSERT_OK(mp_queue_close(g_q));
@@ -2101,7 +2074,7 @@ TEST(given_up_stream_left_in_the_ring_is_not_a_message_for_a_small_buffer)
     struct job pj = {.len = ST_LEN, .seed = 30, .timeout = LONG, .hook = "queue.stream.abandon",
                      .nth = 1};
     mp_process *p = t_start(put_job, &pj, NULL);
-    await_sleeping(mp_process_pid(p)); /* its first chunk is in */
+    t_await_state(mp_process_pid(p), 'S'); /* its first chunk is in */
     ASSERT_OK(mp_queue_close(g_q));
     ASSERT_EQ(t_recv(&to_parent, 10), MSG_HELD);
     double t0 = t_now();

@@ -21,33 +21,6 @@
 /* What a thread returned, as an int. */
 static int join_int(pthread_t t) { return (int)(intptr_t)t_join_thread(t); }
 
-/* The state letter of a thread (a tid, or a pid for a process) from /proc. */
-static char thread_state(pid_t tid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return '?';
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p && p[1] == ' ' ? p[2] : '?';
-}
-
-/* Hand-shake with a blocking call we cannot see into: waits until the thread
- * sleeps in the kernel (its spin is over), or fails the case. */
-static void await_sleeping(pid_t tid)
-{
-    double end = t_now() + 10 * t_scale();
-    while (thread_state(tid) != 'S') {
-        if (t_now() > end)
-            T_FAIL("thread %d never went to sleep", (int)tid);
-        sched_yield();
-    }
-}
-
 /* The call took at least timeout seconds, and not much more. */
 static void assert_on_time(double t0, double timeout)
 {
@@ -319,7 +292,7 @@ TEST(lock_waiter_killed_after_its_wake_other_gets_it)
         ASSERT_EQ(t_recv(&to_parent, 10), mp_process_pid(p[i]));
     }
     for (int i = 0; i < 2; i++)
-        await_sleeping(mp_process_pid(p[i]));
+        t_await_state(mp_process_pid(p[i]), 'S');
     atomic_store(&g_kf->armed, 1);
     ASSERT_OK(mp_lock_release(g_lock));
     /* Without the look the survivor would sleep until its 30 s timeout. The
@@ -554,7 +527,7 @@ TEST(semaphore_several_waiters)
     for (int i = 0; i < N; i++) {
         p[i] = t_start(sem_taker, NULL, NULL);
         ASSERT_EQ(t_recv(&to_parent, 10), 0);
-        await_sleeping(mp_process_pid(p[i]));
+        t_await_state(mp_process_pid(p[i]), 'S');
     }
     ASSERT_OK(mp_sem_release(g_sem));
     ASSERT_OK(mp_sem_release(g_sem));
@@ -599,7 +572,7 @@ TEST(semaphore_waiter_killed_after_its_wake_other_takes_it)
         ASSERT_EQ(t_recv(&to_parent, 10), mp_process_pid(p[i]));
     }
     for (int i = 0; i < 2; i++)
-        await_sleeping(mp_process_pid(p[i]));
+        t_await_state(mp_process_pid(p[i]), 'S');
     atomic_store(&g_kf->armed, 1);
     ASSERT_OK(mp_sem_release(g_sem));
     /* Without the look the survivor would sleep until its 30 s timeout. */
@@ -645,7 +618,7 @@ TEST(event_set_clear_wait_across_processes)
     int one = 1;
     mp_process *p = t_start(event_echo, &one, NULL);
     ASSERT_EQ(t_recv(&to_parent, 10), 0);
-    await_sleeping(mp_process_pid(p));
+    t_await_state(mp_process_pid(p), 'S');
     ASSERT_OK(mp_event_set(g_e1));
     ASSERT_OK(mp_event_wait(g_e2, 10));
     t_join(p, 0);
@@ -687,7 +660,7 @@ TEST(event_set_wakes_every_waiter)
     for (int i = 0; i < 3; i++) {
         p[i] = t_start(event_waiter, NULL, NULL);
         ASSERT_EQ(t_recv(&to_parent, 10), 0);
-        await_sleeping(mp_process_pid(p[i]));
+        t_await_state(mp_process_pid(p[i]), 'S');
     }
     ASSERT_OK(mp_event_set(g_e1));
     ASSERT_OK(mp_event_clear(g_e1)); /* at once: they saw it set all the same */
@@ -1287,7 +1260,7 @@ static void interrupt_wakes(int kind)
     double end = t_now() + 10 * t_scale();
     while (!iw.tid && t_now() < end)
         sched_yield();
-    await_sleeping(iw.tid);
+    t_await_state(iw.tid, 'S');
     double t0 = t_now();
     mp_interrupt();
     /* The promise is 50 ms; without the wake it would be an hour. */
