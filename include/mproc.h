@@ -516,6 +516,144 @@ MP_API void mp_queue_free(mp_queue *q);
 #define MP_PUT(q, v) mp_queue_put((q), &(v), sizeof(v), MP_FOREVER)
 #define MP_GET(q, v) mp_queue_get((q), &(v), sizeof(v), MP_FOREVER)
 
+/* ------------------------------------------------------------------------ */
+/* Pools (multiprocessing.Pool)                                             */
+/* ------------------------------------------------------------------------ */
+
+/* A pool of worker processes, used by the process that created it (from any
+ * of its threads). Workers are daemon children started by fork when the
+ * pool is made (and when one must be replaced): they see the code and the
+ * memory that existed at that moment, and the arena (mp_shared_alloc,
+ * queues, values...) at any time. So fn, ctx and what ctx points to must be
+ * code, memory from before mp_pool_new, or arena memory. Inputs and outputs
+ * need not: inputs outside the arena are copied into it once per call, and
+ * outputs are written straight into out when out is arena memory, else into
+ * an arena buffer copied to out once when the work is done.
+ *
+ * Work is handed out in chunks of consecutive items that idle workers claim
+ * themselves, from shared memory: while workers are busy, neither handing
+ * out a chunk nor collecting it takes a system call; idle workers sleep and
+ * cost no CPU.
+ *
+ * Crashes: a worker that dies while running an item (a signal, exit(), the
+ * OOM killer) fails that item alone with MP_EWORKER, also inside a chunk:
+ * the rest of its chunk runs elsewhere. A replacement is started (at a
+ * bounded rate, so that items which all crash make no fork storm) and the
+ * work goes on. A task that runs past task_timeout is killed with its worker
+ * (MP_ETIMEDOUT for that item). Workers ignore SIGINT (the terminal's
+ * Ctrl-C goes to the parent, which decides) and die with the parent.
+ *
+ * Blocking calls return MP_EINTR on mp_interrupt(). The work they waited on
+ * is then cancelled: no new item of it starts, and items already running
+ * end in the background (a result of such an item may still be written to
+ * out when out is arena memory); the pool stays usable. */
+typedef struct mp_pool mp_pool;
+typedef struct mp_async mp_async;
+typedef struct mp_imap mp_imap;
+
+/* A task: reads *in, writes *out, returns 0, or non-zero when this item
+ * failed (the value goes to status, and the call returns MP_ETASK). */
+typedef int (*mp_task)(const void *in, void *out, void *ctx);
+
+typedef struct mp_pool_opts {
+    int processes;           /* 0: mp_process_cpu_count(); < 0: MP_EINVAL */
+    mp_target initializer;   /* run once in each worker before its first task;
+                                non-zero: the worker is not used (see mp_pool_new) */
+    void *initarg;
+    size_t maxtasksperchild; /* chunks a worker runs before it is replaced
+                                (a chunk is one task, as in Python); 0: no limit */
+} mp_pool_opts;
+
+typedef struct mp_map_opts {
+    size_t chunksize;      /* items per chunk; 0: chosen by the pool (guided:
+                              large chunks first, small ones last, so uneven
+                              items balance) */
+    void *ctx;             /* third argument of every call */
+    int *status;           /* n entries, or NULL: 0, the task's non-zero return,
+                              MP_EWORKER or MP_ETIMEDOUT per item; for imap,
+                              unused (mp_imap_next reports each) */
+    double task_timeout;   /* > 0: an item running longer is killed with its
+                              worker; 0: no limit; NaN, < 0: MP_EINVAL */
+    void (*progress)(size_t done, size_t total, void *arg); /* or NULL */
+    void *progress_arg;
+} mp_map_opts;
+
+/* Starts the workers and returns once every one has run its initializer.
+ * MP_EINVAL for processes < 0 or past 1024; MP_ETASK if an initializer
+ * returned non-zero (or its worker died in it); MP_ENOMEM; -errno. */
+MP_API int mp_pool_new(mp_pool **out, const mp_pool_opts *opts);
+
+/* Runs fn over n items: in + i * in_size to out + i * out_size, i in
+ * [0, n). in may be NULL when in_size is 0, out when out_size is 0. Returns
+ * once every item is done: 0, or the error of the first failed item by
+ * index (MP_ETASK, MP_EWORKER, MP_ETIMEDOUT); out holds every successful
+ * item's result, status (if given) every item's outcome. Starmap is map
+ * over an array of structs. A side without data passes NULL and 0 (the task
+ * gets NULL there). MP_EINVAL: NULL pool or fn, a pointer with size 0 or a
+ * size with a NULL pointer (n > 0), n * size overflowing, bad opts (a NaN
+ * or negative task_timeout); MP_ESTATE: the pool is closed or terminated;
+ * MP_EINTR (the work is cancelled); MP_ECLOSED: terminated meanwhile;
+ * MP_ENOMEM. */
+MP_API int mp_pool_map(mp_pool *pool, mp_task fn, const void *in, size_t in_size,
+                       void *out, size_t out_size, size_t n, const mp_map_opts *opts);
+/* map with n == 1: the task's outcome (0, MP_ETASK, MP_EWORKER). */
+MP_API int mp_pool_apply(mp_pool *pool, mp_task fn, const void *in, size_t in_size,
+                         void *out, size_t out_size);
+
+/* Submits the work and returns at once; *res follows it. out (and status)
+ * must stay valid until the result is ready; out is filled by the time
+ * mp_async_wait, mp_async_ready or mp_async_get first reports it ready.
+ * Free each result with mp_async_free. */
+MP_API int mp_pool_map_async(mp_async **res, mp_pool *pool, mp_task fn, const void *in,
+                             size_t in_size, void *out, size_t out_size, size_t n,
+                             const mp_map_opts *opts);
+MP_API int mp_pool_apply_async(mp_async **res, mp_pool *pool, mp_task fn, const void *in,
+                               size_t in_size, void *out, size_t out_size);
+/* 0 once ready, MP_ETIMEDOUT, MP_EINTR, MP_ECLOSED (pool terminated). */
+MP_API int mp_async_wait(mp_async *r, double timeout);
+MP_API bool mp_async_ready(mp_async *r); /* never blocks */
+/* Waits, then 0 or the first failed item's error, as mp_pool_map. */
+MP_API int mp_async_get(mp_async *r, double timeout);
+/* The index of a ready result among rs[0..n) (the lowest, if several):
+ * as_completed. MP_ETIMEDOUT, MP_EINTR, MP_EINVAL (n 0 or past 1024, a
+ * NULL entry). */
+MP_API int mp_async_wait_any(mp_async **rs, size_t n, double timeout);
+/* Frees the handle; work still running is cancelled (no new item starts). */
+MP_API void mp_async_free(mp_async *r);
+
+/* Lazy map: results come back one by one through mp_imap_next, in index
+ * order (ordered) or as they complete. Memory stays bounded however slowly
+ * they are taken: workers run at most a window of items ahead of the
+ * consumer. */
+MP_API int mp_pool_imap(mp_imap **it, mp_pool *pool, mp_task fn, const void *in,
+                        size_t in_size, size_t out_size, size_t n,
+                        const mp_map_opts *opts, bool ordered);
+/* The next result into out (out_size bytes; out may be NULL when out_size
+ * is 0) and its index into *index (may be NULL): 0, or that item's error
+ * (MP_ETASK, MP_EWORKER, MP_ETIMEDOUT; iteration goes on); MP_EDONE after
+ * the last; MP_ETIMEDOUT, MP_EINTR (nothing taken), MP_ECLOSED. */
+MP_API int mp_imap_next(mp_imap *it, void *out, size_t *index, double timeout);
+MP_API void mp_imap_free(mp_imap *it); /* cancels what was not taken */
+
+/* No new work; workers leave once the work submitted is done. */
+MP_API int mp_pool_close(mp_pool *pool);
+/* Stops the workers now: SIGTERM, a short grace, then SIGKILL; returns once
+ * all are gone (within about a second, whatever they do). Unfinished
+ * results and iterators answer MP_ECLOSED. */
+MP_API int mp_pool_terminate(mp_pool *pool);
+/* Waits for the workers to leave after close or terminate: 0,
+ * MP_ETIMEDOUT, MP_EINTR; MP_ESTATE if neither was called. */
+MP_API int mp_pool_join(mp_pool *pool, double timeout);
+/* Terminates what still runs, then frees the pool. Results and iterators
+ * of the pool must be freed before it. */
+MP_API void mp_pool_free(mp_pool *pool);
+
+/* A ready progress callback: one line on stderr when stderr is a terminal
+ * ("label  123/1000  12%  4.5k/s  ETA 0:03"), redrawn at most ten times a
+ * second, and a final line, with its newline, at done == total. Silent when
+ * stderr is not a terminal. arg: a label (const char *) or NULL. */
+MP_API void mp_progress_bar(size_t done, size_t total, void *arg);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,1468 @@
+/*
+ * Pools: multiprocessing.Pool, with the work handed out through the arena.
+ *
+ * The parts:
+ *
+ *   - A job is one call's work (a map, an apply, an imap), in one arena
+ *     block: what to run, where inputs and outputs are, and the chunks. A
+ *     chunk is a run of consecutive items with one word of state each (cw):
+ *     FREE (with the offset of the first item still to run), CLAIMED by a
+ *     worker's slot, or DONE.
+ *   - The pool's shared header holds a ring of job pointers. The parent
+ *     appends at tail; workers look at the jobs from head to tail and claim
+ *     chunks themselves: a compare-and-swap on the job's next-chunk counter,
+ *     then one on the chunk's word. Head moves past a job once all its
+ *     chunks are claimed. Nothing in this takes a system call.
+ *   - Each worker has a slot in the header: the job it looks at (a hazard
+ *     pointer: the parent frees no job a slot names), the item it runs and,
+ *     for items with a time limit, when that item must end.
+ *   - A manager thread in the parent owns the worker processes: it sleeps in
+ *     poll() on their pidfds, repairs after a death, starts replacements and
+ *     kills items past their time.
+ *
+ * The truth about a job is its chunk words; everything else is a hint. When
+ * a chunk is done its worker stores DONE, then adds the items it ran to
+ * `committed`, and whoever makes committed reach n wakes the waiters. The
+ * manager never touches committed: a worker may die between DONE and the
+ * add, and nobody could tell whether the add happened. So committed can
+ * only fall short, never overshoot; after a death the manager bumps
+ * `deaths` and wakes every waiter, and a waiter that sees deaths move scans
+ * the chunk words instead.
+ *
+ * Death of a worker (the kernel says so through its pidfd): every chunk the
+ * dead slot had CLAIMED in its job is either done (its last item had run:
+ * DONE), or its running item fails with MP_EWORKER (MP_ETIMEDOUT if the
+ * manager killed it for its time) and the rest of the chunk goes back FREE
+ * with its offset, for another worker. A worker that died between winning
+ * a chunk number and claiming its word leaves the chunk FREE behind next;
+ * the manager raises the job's redo hint, so workers scan for FREE chunks
+ * again, and re-appends the job to the ring if head has passed it. Every
+ * claim is a compare-and-swap from FREE, so each chunk runs once.
+ *
+ * Waiting: workers with nothing to claim spin (not against a peer on their
+ * own CPU, see os/spin.c), then sleep on the header's work word; the parent
+ * bumps it at each submission and wakes sleepers only if there are any.
+ * Callers waiting for results spin, then sleep on the header's done word,
+ * bumped when a job completes (and at each chunk of an imap); a waker wakes
+ * only if a waiter asked (dwant), and clears the flag.
+ *
+ * Lock rules: pool->mu guards the job lists, the ring's tail, state and the
+ * parent-private fields of jobs (last_pos, next_j); never held across a
+ * sleep. The manager alone touches the process handles after mp_pool_new.
+ */
+#include "mproc.h"
+
+#include "arena.h"
+#include "os/os.h"
+
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdalign.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define MAX_PROCS 1024
+#define RING 8192u                /* job positions in the ring */
+#define GRACE_NS 100000000LL      /* terminate: SIGTERM, then this, then SIGKILL */
+#define PROGRESS_NS 100000000LL   /* progress callbacks at most this often */
+#define RESTART_BURST 8           /* replacements started at once, then */
+#define RESTART_GAP_NS 20000000LL /* one per this long (no fork storm) */
+#define IMAP_WINDOW_BYTES ((size_t)64 << 20)
+#define NONE UINT64_MAX
+
+/* chunk words: state (2 bits), slot (16), offset of the first item left (46) */
+enum { CW_FREE = 0, CW_CLAIMED = 1, CW_DONE = 2 };
+#define CW(st, slot, off) ((uint64_t)(st) | (uint64_t)(slot) << 2 | (uint64_t)(off) << 18)
+#define CW_STATE(w) ((unsigned)((w)&3))
+#define CW_SLOT(w) ((unsigned)(((w) >> 2) & 0xffff))
+#define CW_OFF(w) ((w) >> 18)
+
+/* first_bad: index << 2 | kind, NONE when every item went well */
+enum { BAD_TASK = 1, BAD_WORKER = 2, BAD_TIME = 3 };
+
+struct job {
+    /* written before the job is published, then only read */
+    mp_task fn;
+    void *ctx;
+    const char *in;
+    size_t in_size;
+    char *out;
+    size_t out_size;
+    int *status;        /* per item (map: NULL if not asked), or a ring (imap) */
+    uint64_t mask;      /* item i's out and status: at i & mask */
+    uint64_t n, nchunks;
+    uint64_t cs;        /* fixed chunk size, or 0: bounds[] */
+    uint64_t *bounds;   /* guided chunks: nchunks + 1 */
+    _Atomic uint64_t *cw;
+    int64_t timeout_ns; /* per item; 0: none */
+    bool imap;
+    /* claims */
+    alignas(64) _Atomic uint64_t next; /* next fresh chunk */
+    _Atomic uint64_t limit;            /* items at or past it may not start (imap window) */
+    _Atomic uint32_t redo;             /* hint: FREE chunks may lie behind next */
+    _Atomic uint32_t wblocked;         /* a worker found only window-blocked chunks */
+    _Atomic uint32_t cancel;           /* start no more items */
+    _Atomic uint32_t closed;           /* the pool was terminated: it ends unfinished */
+    _Atomic uint32_t repaired;         /* a death was settled in it: signal every chunk */
+    /* results */
+    alignas(64) _Atomic uint64_t committed; /* items done (a hint, see the top) */
+    _Atomic uint64_t first_bad;
+    /* the parent's own */
+    alignas(64) uint64_t last_pos; /* ring position of its latest append */
+    uint32_t deaths_seen;          /* sh->deaths when the truth was last scanned */
+    uint64_t scan_from;            /* chunks below it are known DONE */
+    bool complete;                 /* seen complete (sticky) */
+    struct job *next_j;            /* active or limbo list */
+};
+
+struct slot {
+    alignas(64) struct job *_Atomic job; /* hazard: the job this worker looks at */
+    _Atomic uint64_t item;               /* the item it runs, or NONE */
+    _Atomic int64_t deadline;            /* when that item must end; 0: no limit */
+    _Atomic uint32_t state;              /* S_* */
+    uint64_t killed_item;                /* manager: the item it killed for time, or NONE */
+};
+enum { S_STARTING, S_READY, S_INIT_FAILED, S_LEFT };
+
+struct shared {
+    alignas(64) _Atomic uint32_t work; /* bumped at each submission, window move, stop */
+    _Atomic uint32_t sleepers;         /* workers asleep on work */
+    _Atomic uint32_t stop;             /* 1: leave when nothing is left (close); 2: now */
+    mp__spinner wspin;
+    alignas(64) _Atomic uint64_t head;
+    _Atomic uint64_t tail;
+    _Atomic uint64_t space_at; /* the parent waits for head to reach this; 0: nobody */
+    _Atomic uint32_t space;    /* bumped when head reaches space_at */
+    alignas(64) _Atomic uint32_t done; /* bumped at each job end, imap chunk, repair */
+    _Atomic uint32_t dwant;            /* a waiter sleeps on done */
+    _Atomic uint32_t deaths;           /* repairs made */
+    mp__spinner rspin;
+    alignas(64) _Atomic uint32_t nready; /* workers past their initializer (or failed in it) */
+    struct job *_Atomic ring[RING];
+    struct slot slots[];
+};
+
+enum { RUNNING, CLOSED, TERMINATED };
+
+struct mp_pool {
+    struct shared *sh;
+    int nproc;
+    mp_pool_opts opts;
+    mp_process **procs; /* the manager's, after mp_pool_new */
+    pthread_mutex_t mu;
+    int state;          /* mu */
+    struct job *active; /* submitted, still held by a caller; mu */
+    struct job *limbo;  /* let go of, freed once no worker can reach them; mu */
+    pthread_t manager;
+    bool manager_on;
+    bool manager_joined; /* mu */
+    int kick;            /* eventfd: wakes the manager */
+    _Atomic uint32_t gone; /* every worker has left and the manager ended */
+    _Atomic uint32_t terminate_req;
+    _Atomic uint32_t broken; /* a replacement's initializer failed */
+    pid_t owner;
+};
+
+struct mp_async {
+    mp_pool *pool;
+    struct job *j;
+    void *out;     /* the caller's, when it is not the job's own */
+    int *status;   /* likewise */
+    bool finished; /* copied out */
+    int result;
+    void (*progress)(size_t, size_t, void *);
+    void *progress_arg;
+    int64_t progress_at;
+};
+
+struct mp_imap {
+    mp_pool *pool;
+    struct job *j;
+    bool ordered;
+    uint64_t window;  /* items */
+    uint64_t base;    /* lowest chunk not wholly delivered */
+    uint64_t cur;     /* chunk being delivered, or NONE */
+    uint64_t at;      /* next item of cur */
+    uint64_t taken;   /* items delivered */
+    uint8_t *given;   /* unordered: chunks wholly delivered */
+    void (*progress)(size_t, size_t, void *);
+    void *progress_arg;
+    int64_t progress_at;
+};
+
+/* ---- chunks -------------------------------------------------------------- */
+
+static inline uint64_t chunk_lo(const struct job *j, uint64_t c) { return j->cs ? c * j->cs : j->bounds[c]; }
+
+static inline uint64_t chunk_hi(const struct job *j, uint64_t c)
+{
+    if (!j->cs)
+        return j->bounds[c + 1];
+    uint64_t hi = (c + 1) * j->cs;
+    return hi < j->n ? hi : j->n;
+}
+
+static void note_bad(struct job *j, uint64_t i, unsigned kind)
+{
+    uint64_t v = i << 2 | kind, cur = atomic_load_explicit(&j->first_bad, memory_order_relaxed);
+    while (v < cur && !atomic_compare_exchange_weak(&j->first_bad, &cur, v))
+        ;
+}
+
+static int bad_code(uint64_t fb)
+{
+    if (fb == NONE)
+        return 0;
+    switch (fb & 3) {
+    case BAD_WORKER: return MP_EWORKER;
+    case BAD_TIME: return MP_ETIMEDOUT;
+    default: return MP_ETASK;
+    }
+}
+
+/* ---- the worker ------------------------------------------------------------ */
+
+static void signal_done(struct shared *sh)
+{
+    atomic_fetch_add(&sh->done, 1);
+    mp__spin_note(&sh->rspin);
+    if (atomic_load(&sh->dwant) && atomic_exchange(&sh->dwant, 0)) {
+        mp__spin_stamp(&sh->rspin);
+        mp__futex_wake(&sh->done, INT32_MAX);
+    }
+}
+
+enum { CLAIMED, EXHAUSTED, BLOCKED };
+
+/* Claims a chunk of j for slot id: CLAIMED with *c and *from set, BLOCKED
+ * (only chunks past the imap window are left), or EXHAUSTED. */
+static int claim(struct job *j, unsigned id, uint64_t *c, uint64_t *from)
+{
+    if (atomic_load_explicit(&j->cancel, memory_order_relaxed) ||
+        atomic_load_explicit(&j->closed, memory_order_relaxed))
+        return EXHAUSTED;
+    bool blocked = false;
+    uint64_t k = atomic_load(&j->next);
+    while (k < j->nchunks) {
+        if (chunk_hi(j, k) > atomic_load(&j->limit)) {
+            blocked = true;
+            break;
+        }
+        if (!atomic_compare_exchange_weak(&j->next, &k, k + 1))
+            continue;
+        uint64_t want = CW(CW_FREE, 0, 0);
+        if (atomic_compare_exchange_strong(&j->cw[k], &want, CW(CW_CLAIMED, id, 0))) {
+            *c = k;
+            *from = chunk_lo(j, k);
+            return CLAIMED;
+        }
+        k = atomic_load(&j->next); /* a redo scan took it */
+    }
+    uint32_t redo = atomic_load(&j->redo);
+    if (redo) {
+        uint64_t end = atomic_load(&j->next);
+        for (uint64_t x = 0; x < end && x < j->nchunks; x++) {
+            uint64_t w = atomic_load_explicit(&j->cw[x], memory_order_relaxed);
+            if (CW_STATE(w) != CW_FREE)
+                continue;
+            if (atomic_compare_exchange_strong(&j->cw[x], &w, CW(CW_CLAIMED, id, CW_OFF(w)))) {
+                *c = x;
+                *from = chunk_lo(j, x) + CW_OFF(w);
+                return CLAIMED;
+            }
+        }
+        atomic_compare_exchange_strong(&j->redo, &redo, 0); /* fails if raised meanwhile */
+        if (atomic_load(&j->redo))
+            return claim(j, id, c, from);
+    }
+    return blocked ? BLOCKED : EXHAUSTED;
+}
+
+/* Runs items [from, hi) of chunk c, then marks it done. */
+static void run_chunk(struct shared *sh, struct slot *me, struct job *j, uint64_t c, uint64_t from)
+{
+    uint64_t hi = chunk_hi(j, c), i = from;
+    const char *in = j->in;
+    char *out = j->out;
+    for (; i < hi; i++) {
+        if (atomic_load_explicit(&j->cancel, memory_order_relaxed))
+            break;
+        atomic_store_explicit(&me->item, i, memory_order_release);
+        if (j->timeout_ns)
+            atomic_store_explicit(&me->deadline, mp__now_ns() + j->timeout_ns, memory_order_release);
+        uint64_t slot = i & j->mask;
+        int rc = j->fn(in ? in + i * j->in_size : NULL, out ? out + slot * j->out_size : NULL,
+                       j->ctx);
+        if (j->status)
+            j->status[slot] = rc;
+        if (rc)
+            note_bad(j, i, BAD_TASK);
+    }
+    if (j->timeout_ns)
+        atomic_store_explicit(&me->deadline, 0, memory_order_relaxed);
+    atomic_store_explicit(&j->cw[c], CW(CW_DONE, 0, 0), memory_order_release);
+    uint64_t total = atomic_fetch_add(&j->committed, i - from) + (i - from);
+    atomic_store_explicit(&me->item, NONE, memory_order_relaxed);
+    if (total >= j->n || j->imap || atomic_load_explicit(&j->repaired, memory_order_relaxed))
+        signal_done(sh);
+}
+
+/* Publishes j as this slot's hazard and checks that it is still reachable
+ * at ring position pos, so the parent cannot free it while we look. */
+static bool hold(struct shared *sh, struct slot *me, uint64_t pos, struct job *j)
+{
+    atomic_store(&me->job, j);
+    return atomic_load(&sh->head) <= pos && atomic_load(&sh->ring[pos % RING]) == j;
+}
+
+static void advance_head(struct shared *sh, uint64_t pos)
+{
+    if (!atomic_compare_exchange_strong(&sh->head, &pos, pos + 1))
+        return;
+    uint64_t at = atomic_load(&sh->space_at);
+    if (at && pos + 1 >= at && atomic_exchange(&sh->space_at, 0)) {
+        atomic_fetch_add(&sh->space, 1);
+        mp__futex_wake(&sh->space, INT32_MAX);
+    }
+}
+
+/* Finds a chunk and runs it: true if it ran one. */
+static bool work_once(struct shared *sh, struct slot *me, unsigned id)
+{
+    uint64_t tail = atomic_load(&sh->tail);
+    for (uint64_t pos = atomic_load(&sh->head); pos < tail; pos++) {
+        struct job *j = atomic_load(&sh->ring[pos % RING]);
+        if (!j || !hold(sh, me, pos, j)) {
+            uint64_t h = atomic_load(&sh->head);
+            if (h > pos)
+                pos = h - 1; /* passed meanwhile: go on from head */
+            continue;
+        }
+        uint64_t c, from;
+        int r = claim(j, id, &c, &from);
+        if (r == CLAIMED) {
+            run_chunk(sh, me, j, c, from);
+            return true;
+        }
+        if (r == EXHAUSTED && pos == atomic_load(&sh->head))
+            advance_head(sh, pos);
+        if (r == BLOCKED) {
+            atomic_store(&j->wblocked, 1);
+            if (claim(j, id, &c, &from) == CLAIMED) { /* the window moved meanwhile */
+                run_chunk(sh, me, j, c, from);
+                return true;
+            }
+        }
+    }
+    atomic_store(&me->job, NULL);
+    return false;
+}
+
+struct worker_arg {
+    mp_pool *pool;
+    unsigned id;
+};
+
+static int worker_main(void *arg)
+{
+    const struct worker_arg *a = arg;
+    mp_pool *p = a->pool;
+    struct shared *sh = p->sh;
+    struct slot *me = &sh->slots[a->id];
+    signal(SIGINT, SIG_IGN); /* the terminal's Ctrl-C is the parent's to decide */
+    if (p->opts.initializer && p->opts.initializer(p->opts.initarg) != 0) {
+        atomic_store(&me->state, S_INIT_FAILED);
+        atomic_fetch_add(&sh->nready, 1);
+        mp__futex_wake(&sh->nready, INT32_MAX);
+        return 1;
+    }
+    atomic_store(&me->state, S_READY);
+    atomic_fetch_add(&sh->nready, 1);
+    mp__futex_wake(&sh->nready, INT32_MAX);
+    size_t tasks = 0, max = p->opts.maxtasksperchild;
+    for (;;) {
+        uint32_t seen = atomic_load(&sh->work);
+        uint32_t stop = atomic_load(&sh->stop);
+        if (stop == 2)
+            break;
+        if (work_once(sh, me, a->id)) {
+            if (max && ++tasks >= max)
+                break;
+            continue;
+        }
+        if (stop == 1 && atomic_load(&sh->head) == atomic_load(&sh->tail))
+            break;
+        int64_t start;
+        if (mp__spin(&sh->wspin, &sh->work, seen, MP__NEVER, &start))
+            continue;
+        atomic_fetch_add(&sh->sleepers, 1);
+        bool came = false;
+        if (atomic_load(&sh->work) == seen)
+            mp__futex_wait(&sh->work, seen, MP__NEVER, NULL);
+        came = atomic_load(&sh->work) != seen;
+        atomic_fetch_sub(&sh->sleepers, 1);
+        mp__spin_learn(&sh->wspin, start, came);
+    }
+    atomic_store(&me->job, NULL);
+    atomic_store(&me->state, S_LEFT);
+    return 0;
+}
+
+/* ---- jobs, on the parent's side ------------------------------------------ */
+
+static bool in_arena(const void *ptr, size_t len)
+{
+    const char *b = mp__arena_base(), *c = ptr;
+    return b && c >= b && len <= mp__arena_size() && (size_t)(c - b) <= mp__arena_size() - len;
+}
+
+static void wake_workers(struct shared *sh)
+{
+    atomic_fetch_add(&sh->work, 1);
+    mp__spin_note(&sh->wspin);
+    if (atomic_load(&sh->sleepers)) {
+        mp__spin_stamp(&sh->wspin);
+        mp__futex_wake(&sh->work, INT32_MAX);
+    }
+}
+
+static void wake_waiters(struct shared *sh)
+{
+    atomic_fetch_add(&sh->done, 1);
+    atomic_store(&sh->dwant, 0);
+    mp__futex_wake(&sh->done, INT32_MAX);
+}
+
+/* With mu held: frees the jobs let go of that no worker can reach. */
+static void reclaim_locked(mp_pool *p, bool all)
+{
+    uint64_t head = atomic_load(&p->sh->head);
+    for (struct job **pp = &p->limbo, *j; (j = *pp);) {
+        bool held = false;
+        if (!all) {
+            held = head <= j->last_pos;
+            for (int i = 0; i < p->nproc && !held; i++)
+                held = atomic_load(&p->sh->slots[i].job) == j;
+        }
+        if (held) {
+            pp = &j->next_j;
+            continue;
+        }
+        *pp = j->next_j;
+        mp_shared_free(j);
+    }
+}
+
+/* Lets go of j: it is cancelled if unfinished and freed once unreachable. */
+static void job_release(mp_pool *p, struct job *j)
+{
+    atomic_store(&j->cancel, 1);
+    pthread_mutex_lock(&p->mu);
+    for (struct job **pp = &p->active; *pp; pp = &(*pp)->next_j)
+        if (*pp == j) {
+            *pp = j->next_j;
+            break;
+        }
+    j->next_j = p->limbo;
+    p->limbo = j;
+    reclaim_locked(p, p->gone);
+    pthread_mutex_unlock(&p->mu);
+}
+
+struct shape {
+    const void *in;
+    size_t in_size;
+    void *out;
+    size_t out_size;
+    size_t n;
+    const mp_map_opts *o;
+    bool imap;
+    bool ordered;
+};
+
+static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+/* Guided chunks: each about what is left over twice the workers, never
+ * fewer than min items; the last ones small, so uneven items balance. */
+static uint64_t guided(uint64_t n, int procs, uint64_t *bounds)
+{
+    uint64_t min = n / ((uint64_t)procs * 256);
+    min = min ? min : 1;
+    uint64_t k = 0, at = 0;
+    while (at < n) {
+        uint64_t left = n - at, size = (left + 2 * (uint64_t)procs - 1) / (2 * (uint64_t)procs);
+        size = size < min ? min : size;
+        size = size > left ? left : size;
+        if (bounds)
+            bounds[k] = at;
+        at += size;
+        k++;
+    }
+    if (bounds)
+        bounds[k] = n;
+    return k;
+}
+
+static int check_shape(mp_pool *p, mp_task fn, const struct shape *s)
+{
+    if (!p || !fn)
+        return MP_EINVAL;
+    if (s->n > 0 && ((s->in_size > 0) != (s->in != NULL) || (!s->imap && (s->out_size > 0) != (s->out != NULL))))
+        return MP_EINVAL;
+    if (s->n > (uint64_t)1 << 46 || (s->in_size && s->n > SIZE_MAX / s->in_size) ||
+        (s->out_size && s->n > SIZE_MAX / s->out_size))
+        return MP_EINVAL;
+    if (s->o) {
+        double t = s->o->task_timeout;
+        if (isnan(t) || t < 0 || t > 1e9)
+            return MP_EINVAL;
+        if (s->o->chunksize > (uint64_t)1 << 46)
+            return MP_EINVAL;
+    }
+    return 0;
+}
+
+/* Makes the job for a call; its copies of private inputs are made here. */
+static int job_new(mp_pool *p, mp_task fn, const struct shape *s, struct job **out)
+{
+    const mp_map_opts *o = s->o;
+    uint64_t n = s->n, cs = o ? o->chunksize : 0, nchunks, window = 0;
+    if (s->imap) {
+        if (!cs) {
+            cs = n / ((uint64_t)p->nproc * 64);
+            cs = cs < 1 ? 1 : cs > 1024 ? 1024 : cs;
+        }
+        uint64_t want = 4 * (uint64_t)p->nproc * cs, w = 256;
+        while (w < want)
+            w *= 2;
+        while (w / 2 >= 2 * cs && s->out_size && w * s->out_size > IMAP_WINDOW_BYTES)
+            w /= 2;
+        window = w;
+    }
+    if (cs)
+        nchunks = n ? (n + cs - 1) / cs : 0;
+    else
+        nchunks = guided(n, p->nproc, NULL);
+    if (nchunks > (uint64_t)1 << 40)
+        return MP_ENOMEM;
+    bool copy_in = s->in_size && n && !in_arena(s->in, n * s->in_size);
+    uint64_t nout = s->imap ? window : n;
+    bool own_out = s->out_size && nout && (s->imap || !in_arena(s->out, n * s->out_size));
+    bool own_status = s->imap ? true : o && o->status && !in_arena(o->status, n * sizeof(int));
+    uint64_t nstatus = s->imap ? window : n;
+    size_t size = round_up(sizeof(struct job), 64), at_cw = size;
+    size += round_up(nchunks * 8, 64);
+    size_t at_bounds = size;
+    if (!cs)
+        size += round_up((nchunks + 1) * 8, 64);
+    size_t at_in = size;
+    if (copy_in)
+        size += round_up(n * s->in_size, 64);
+    size_t at_out = size;
+    if (own_out)
+        size += round_up(nout * s->out_size, 64);
+    size_t at_status = size;
+    if (own_status)
+        size += round_up(nstatus * sizeof(int), 64);
+    char *mem = mp_shared_alloc(size);
+    if (!mem)
+        return MP_ENOMEM;
+    struct job *j = (struct job *)mem;
+    j->fn = fn;
+    j->ctx = o ? o->ctx : NULL;
+    j->in = copy_in ? mem + at_in : s->in;
+    j->in_size = s->in_size;
+    j->out = own_out ? mem + at_out : s->out_size ? s->out : NULL;
+    j->out_size = s->out_size;
+    j->status = own_status ? (int *)(mem + at_status) : o ? o->status : NULL;
+    j->mask = s->imap ? window - 1 : NONE;
+    j->n = n;
+    j->nchunks = nchunks;
+    j->cs = cs;
+    j->cw = (_Atomic uint64_t *)(mem + at_cw);
+    if (!cs) {
+        j->bounds = (uint64_t *)(mem + at_bounds);
+        guided(n, p->nproc, j->bounds);
+    }
+    j->timeout_ns = o && o->task_timeout > 0 ? (int64_t)(o->task_timeout * 1e9) : 0;
+    if (o && o->task_timeout > 0 && j->timeout_ns < 1)
+        j->timeout_ns = 1;
+    j->imap = s->imap;
+    atomic_store(&j->limit, s->imap ? window : n);
+    atomic_store(&j->first_bad, NONE);
+    if (copy_in)
+        memcpy((char *)j->in, s->in, n * s->in_size);
+    *out = j;
+    return 0;
+}
+
+/* Appends j to the ring, waiting for room. mu must not be held. */
+static int publish(mp_pool *p, struct job *j, bool again)
+{
+    struct shared *sh = p->sh;
+    mp__waiter w;
+    bool waiting = false;
+    int r = 0;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        if (!again && p->state != RUNNING) {
+            pthread_mutex_unlock(&p->mu);
+            r = p->state == TERMINATED && atomic_load(&p->broken) ? MP_ECLOSED : MP_ESTATE;
+            break;
+        }
+        uint64_t tail = atomic_load(&sh->tail), head = atomic_load(&sh->head);
+        if (tail - head < RING) {
+            atomic_store(&sh->ring[tail % RING], j);
+            j->last_pos = tail;
+            if (!again) {
+                j->deaths_seen = atomic_load(&sh->deaths);
+                j->next_j = p->active;
+                p->active = j;
+            }
+            atomic_store(&sh->tail, tail + 1);
+            pthread_mutex_unlock(&p->mu);
+            wake_workers(sh);
+            break;
+        }
+        pthread_mutex_unlock(&p->mu);
+        if (again)
+            return MP_EFULL; /* the manager retries later */
+        if (!waiting) {
+            if ((r = mp__wait_begin(&w)) < 0)
+                return r;
+            waiting = true;
+        }
+        /* wait until the ring is half empty: one sleep per many jobs */
+        uint32_t seen = atomic_load(&sh->space);
+        atomic_store(&sh->space_at, head + RING / 2);
+        if (atomic_load(&sh->head) >= head + RING / 2)
+            continue;
+        r = mp__futex_wait(&sh->space, seen, mp__now_ns() + mp__check_ns, &w);
+        if (r == MP_EINTR)
+            break;
+        r = 0;
+    }
+    if (waiting)
+        mp__wait_end(&w);
+    return r;
+}
+
+/* Whether j is finished (every item done, or it ended with the pool). */
+static bool job_finished(mp_pool *p, struct job *j)
+{
+    if (j->complete)
+        return true;
+    if (atomic_load(&j->committed) >= j->n) {
+        j->complete = true;
+        return true;
+    }
+    uint32_t d = atomic_load(&p->sh->deaths);
+    if (d == j->deaths_seen && !atomic_load(&j->repaired))
+        return false;
+    j->deaths_seen = d; /* a repair: the hint may fall short; ask the chunks */
+    for (; j->scan_from < j->nchunks; j->scan_from++)
+        if (CW_STATE(atomic_load(&j->cw[j->scan_from])) != CW_DONE)
+            return false;
+    j->complete = true;
+    return true;
+}
+
+static uint64_t done_items(struct job *j)
+{
+    uint64_t d = atomic_load(&j->committed);
+    return d < j->n ? d : j->n;
+}
+
+/* The caller's progress callback, if due (or final). */
+static void progress(void (*cb)(size_t, size_t, void *), void *arg, int64_t *at, uint64_t done,
+                     uint64_t total, bool final)
+{
+    if (!cb)
+        return;
+    int64_t now = final ? 0 : mp__now_ns();
+    if (!final && *at && now - *at < PROGRESS_NS)
+        return;
+    *at = now ? now : 1;
+    cb((size_t)done, (size_t)total, arg);
+}
+
+/* Sleeps until done moves from seen, the deadline, or an interrupt; spins
+ * first while the wakers run on other CPUs. 0, MP_ETIMEDOUT, MP_EINTR. */
+static int wait_done(struct shared *sh, uint32_t seen, int64_t dl, mp__waiter *w)
+{
+    int64_t start;
+    if (mp__spin(&sh->rspin, &sh->done, seen, dl, &start))
+        return 0;
+    atomic_store(&sh->dwant, 1);
+    int r = 0;
+    if (atomic_load(&sh->done) == seen)
+        r = mp__futex_wait(&sh->done, seen, dl, w);
+    mp__spin_learn(&sh->rspin, start, atomic_load(&sh->done) != seen);
+    return r == MP_EINTR ? r : 0;
+}
+
+/* Waits for j to finish: 0, MP_ECLOSED, MP_ETIMEDOUT, MP_EINTR. */
+static int job_wait(mp_pool *p, struct job *j, int64_t dl, void (*cb)(size_t, size_t, void *),
+                    void *cb_arg, int64_t *cb_at)
+{
+    struct shared *sh = p->sh;
+    mp__waiter w;
+    int r = mp__wait_begin(&w);
+    while (r == 0) {
+        uint32_t seen = atomic_load(&sh->done);
+        if (job_finished(p, j))
+            break;
+        if (atomic_load(&j->closed)) {
+            r = MP_ECLOSED;
+            break;
+        }
+        progress(cb, cb_arg, cb_at, done_items(j), j->n, false);
+        int64_t now = mp__now_ns();
+        if (dl != MP__NEVER && now >= dl) {
+            r = MP_ETIMEDOUT;
+            break;
+        }
+        int64_t until = dl;
+        if (cb && *cb_at + PROGRESS_NS < until)
+            until = *cb_at + PROGRESS_NS;
+        r = wait_done(sh, seen, until, &w);
+    }
+    mp__wait_end(&w);
+    return r;
+}
+
+/* ---- the manager ------------------------------------------------------------ */
+
+/* After the worker in slot id died: settles the chunks it held. */
+static void repair(mp_pool *p, unsigned id)
+{
+    struct shared *sh = p->sh;
+    struct slot *s = &sh->slots[id];
+    struct job *j = atomic_load(&s->job);
+    uint64_t item = atomic_load(&s->item);
+    bool timed = s->killed_item != NONE && s->killed_item == item;
+    if (j) {
+        atomic_store(&j->repaired, 1); /* before any chunk goes back FREE */
+        bool redo = false;
+        uint64_t next = atomic_load(&j->next);
+        for (uint64_t c = 0; c < j->nchunks; c++) {
+            uint64_t w = atomic_load(&j->cw[c]);
+            if (CW_STATE(w) == CW_FREE && c < next && CW_OFF(w) == 0) {
+                redo = true; /* a claim that may have died half-way */
+                continue;
+            }
+            if (CW_STATE(w) != CW_CLAIMED || CW_SLOT(w) != id)
+                continue;
+            uint64_t lo = chunk_lo(j, c), hi = chunk_hi(j, c), from = lo + CW_OFF(w);
+            if (item >= from && item < hi) { /* it died running this item */
+                if (j->status)
+                    j->status[item & j->mask] = timed ? MP_ETIMEDOUT : MP_EWORKER;
+                note_bad(j, item, timed ? BAD_TIME : BAD_WORKER);
+                from = item + 1;
+            }
+            if (from >= hi) {
+                atomic_store(&j->cw[c], CW(CW_DONE, 0, 0));
+            } else {
+                atomic_store(&j->cw[c], CW(CW_FREE, 0, from - lo));
+                redo = true;
+            }
+        }
+        if (redo) {
+            atomic_fetch_add(&j->redo, 1);
+            pthread_mutex_lock(&p->mu);
+            bool passed = atomic_load(&sh->head) > j->last_pos;
+            pthread_mutex_unlock(&p->mu);
+            if (passed)
+                publish(p, j, true); /* if the ring is full, the workers will pass by it there */
+        }
+    }
+    atomic_store(&s->job, NULL);
+    atomic_store(&s->item, NONE);
+    atomic_store(&s->deadline, 0);
+    s->killed_item = NONE;
+    atomic_fetch_add(&sh->deaths, 1);
+    wake_waiters(sh);
+    wake_workers(sh);
+}
+
+static int start_worker(mp_pool *p, unsigned id)
+{
+    struct slot *s = &p->sh->slots[id];
+    atomic_store(&s->state, S_STARTING);
+    atomic_store(&s->item, NONE);
+    s->killed_item = NONE;
+    char name[32];
+    snprintf(name, sizeof name, "PoolWorker-%u", id + 1);
+    struct worker_arg a = {p, id};
+    mp_process *w;
+    int r = mp_process_new(&w, worker_main, &a,
+                           &(mp_process_opts){.name = name, .daemon = true, .arg_size = sizeof a});
+    if (r == 0 && (r = mp_process_start(w)) < 0)
+        mp_process_free(w);
+    p->procs[id] = r == 0 ? w : NULL;
+    return r;
+}
+
+/* Ends every job still waited on: their waiters get MP_ECLOSED. */
+static void close_jobs(mp_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    for (struct job *j = p->active; j; j = j->next_j)
+        atomic_store(&j->closed, 1);
+    pthread_mutex_unlock(&p->mu);
+    wake_waiters(p->sh);
+}
+
+/* Stops every worker within a bounded time: SIGTERM, grace, SIGKILL. */
+static void kill_all(mp_pool *p)
+{
+    struct shared *sh = p->sh;
+    atomic_store(&sh->stop, 2);
+    wake_workers(sh);
+    for (int i = 0; i < p->nproc; i++)
+        if (p->procs[i])
+            mp_process_terminate(p->procs[i]);
+    int64_t grace = mp__now_ns() + GRACE_NS;
+    for (int i = 0; i < p->nproc; i++) {
+        if (!p->procs[i])
+            continue;
+        int64_t left = grace - mp__now_ns();
+        if (mp_process_join(p->procs[i], left > 0 ? left / 1e9 : 0) != 0)
+            mp_process_kill(p->procs[i]);
+    }
+    for (int i = 0; i < p->nproc; i++) {
+        if (!p->procs[i])
+            continue;
+        while (mp_process_join(p->procs[i], MP_FOREVER) == MP_EINTR)
+            ; /* SIGKILLed: it ends */
+        mp_process_free(p->procs[i]);
+        p->procs[i] = NULL;
+    }
+}
+
+static void *manager_main(void *arg)
+{
+    mp_pool *p = arg;
+    struct shared *sh = p->sh;
+    int n = p->nproc;
+    struct pollfd *pf = calloc((size_t)n + 1, sizeof *pf);
+    unsigned *who = calloc((size_t)n + 1, sizeof *who);
+    bool *due = calloc((size_t)n, sizeof *due); /* a replacement waits for its turn */
+    int tokens = RESTART_BURST;
+    int64_t token_at = mp__now_ns();
+    while (pf && who && due) {
+        if (atomic_load(&p->terminate_req))
+            break;
+        int64_t now = mp__now_ns(), wake_at = MP__NEVER;
+        /* refill the restart budget, and start replacements that wait */
+        while (tokens < RESTART_BURST && now - token_at >= RESTART_GAP_NS) {
+            tokens++;
+            token_at += RESTART_GAP_NS;
+        }
+        if (tokens == RESTART_BURST)
+            token_at = now;
+        bool stopping = atomic_load(&sh->stop) != 0;
+        for (int i = 0; i < n; i++) {
+            if (!due[i])
+                continue;
+            if (stopping && atomic_load(&sh->head) == atomic_load(&sh->tail)) {
+                due[i] = false; /* closed and nothing left: no replacement */
+                continue;
+            }
+            if (tokens == 0) {
+                wake_at = token_at + RESTART_GAP_NS;
+                break;
+            }
+            tokens--;
+            if (start_worker(p, (unsigned)i) == 0)
+                due[i] = false;
+            else
+                wake_at = now + RESTART_GAP_NS; /* no memory or pids now: later */
+        }
+        int k = 0;
+        bool any = false;
+        for (int i = 0; i < n; i++) {
+            if (!p->procs[i])
+                continue;
+            any = true;
+            int64_t dl = atomic_load(&sh->slots[i].deadline);
+            if (dl && dl <= now) { /* past its time: kill it with its item */
+                uint64_t item = atomic_load(&sh->slots[i].item);
+                if (atomic_load(&sh->slots[i].deadline) == dl) {
+                    sh->slots[i].killed_item = item;
+                    mp_process_kill(p->procs[i]);
+                }
+            } else if (dl && dl < wake_at) {
+                wake_at = dl;
+            }
+            pf[k] = (struct pollfd){.fd = mp_process_sentinel(p->procs[i]), .events = POLLIN};
+            who[k++] = (unsigned)i;
+        }
+        bool pending = false;
+        for (int i = 0; i < n; i++)
+            pending |= due[i];
+        if (!any && !pending)
+            break; /* every worker left (close) */
+        pf[k] = (struct pollfd){.fd = p->kick, .events = POLLIN};
+        int ms = -1;
+        if (wake_at != MP__NEVER) {
+            int64_t left = wake_at - mp__now_ns();
+            ms = left <= 0 ? 0 : (int)(left / 1000000) + 1;
+        }
+        if (poll(pf, (nfds_t)k + 1, ms) < 0)
+            continue;
+        if (pf[k].revents) {
+            uint64_t v;
+            ssize_t rd = read(p->kick, &v, sizeof v);
+            (void)rd;
+        }
+        for (int x = 0; x < k; x++) {
+            if (!pf[x].revents)
+                continue;
+            unsigned i = who[x];
+            if (mp_process_join(p->procs[i], 0) != 0)
+                continue;
+            int state = atomic_load(&sh->slots[i].state);
+            int code = mp_process_exitcode(p->procs[i]);
+            mp_process_free(p->procs[i]);
+            p->procs[i] = NULL;
+            if (state == S_INIT_FAILED) {
+                atomic_store(&p->broken, 1); /* it would fail again and again */
+                atomic_store(&p->terminate_req, 1);
+                continue;
+            }
+            repair(p, i);
+            if (state == S_LEFT && code == 0 && atomic_load(&sh->stop))
+                continue; /* left because the pool closed */
+            due[i] = true;
+            if (state == S_LEFT && code == 0 && tokens < RESTART_BURST)
+                tokens++; /* maxtasksperchild: no crash, no wait */
+        }
+    }
+    /* terminate (asked, or the pool broke) or every worker left */
+    if (atomic_load(&p->terminate_req)) {
+        pthread_mutex_lock(&p->mu);
+        p->state = TERMINATED;
+        pthread_mutex_unlock(&p->mu);
+        close_jobs(p);
+    }
+    kill_all(p);
+    close_jobs(p); /* closed pool: anything unfinished cannot finish now */
+    free(pf);
+    free(who);
+    free(due);
+    atomic_store(&p->gone, 1);
+    mp__futex_wake(&p->gone, INT32_MAX);
+    return NULL;
+}
+
+static void kick(mp_pool *p)
+{
+    uint64_t one = 1;
+    ssize_t r = write(p->kick, &one, sizeof one);
+    (void)r;
+}
+
+/* ---- the API ------------------------------------------------------------ */
+
+static pid_t self_pid; /* getpid() is a system call; forks reset this */
+static void pool_atfork_child(void) { self_pid = getpid(); }
+__attribute__((constructor)) static void pool_init(void)
+{
+    self_pid = getpid();
+    pthread_atfork(NULL, NULL, pool_atfork_child);
+}
+
+
+static void pool_destroy(mp_pool *p)
+{
+    if (p->kick >= 0)
+        mp__close(p->kick);
+    pthread_mutex_lock(&p->mu);
+    for (struct job *j = p->active, *nx; j; j = nx) {
+        nx = j->next_j;
+        mp_shared_free(j);
+    }
+    reclaim_locked(p, true);
+    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_destroy(&p->mu);
+    mp_shared_free(p->sh);
+    free(p->procs);
+    free(p);
+}
+
+int mp_pool_new(mp_pool **out, const mp_pool_opts *opts)
+{
+    if (!out)
+        return MP_EINVAL;
+    *out = NULL;
+    mp_pool_opts o = opts ? *opts : (mp_pool_opts){0};
+    if (o.processes < 0 || o.processes > MAX_PROCS)
+        return MP_EINVAL;
+    int n = o.processes ? o.processes : mp_process_cpu_count();
+    if (n < 1)
+        n = 1;
+    if (n > MAX_PROCS)
+        n = MAX_PROCS;
+    mp__waiter w;
+    int r = mp__wait_begin(&w);
+    if (r < 0)
+        return r;
+    mp_pool *p = calloc(1, sizeof *p);
+    if (!p) {
+        mp__wait_end(&w);
+        return MP_ENOMEM;
+    }
+    p->nproc = n;
+    p->opts = o;
+    p->kick = -1;
+    p->owner = self_pid;
+    pthread_mutex_init(&p->mu, NULL);
+    p->procs = calloc((size_t)n, sizeof *p->procs);
+    p->sh = mp_shared_alloc(sizeof(struct shared) + (size_t)n * sizeof(struct slot));
+    p->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    r = !p->procs || !p->sh ? MP_ENOMEM : p->kick < 0 ? -errno : 0;
+    if (r == 0)
+        for (int i = 0; i < n; i++)
+            atomic_store(&p->sh->slots[i].item, NONE);
+    int started = 0;
+    for (; r == 0 && started < n; started++)
+        r = start_worker(p, (unsigned)started);
+    /* every worker through its initializer */
+    while (r == 0) {
+        uint32_t ready = atomic_load(&p->sh->nready);
+        if ((int)ready >= n)
+            break;
+        /* a worker that dies in its initializer cannot say so: look */
+        r = mp__futex_wait(&p->sh->nready, ready, mp__now_ns() + 20000000, &w);
+        r = r == MP_ETIMEDOUT ? 0 : r;
+        for (int i = 0; r == 0 && i < n; i++) /* a worker that died in it */
+            if (atomic_load(&p->sh->slots[i].state) == S_STARTING &&
+                !mp_process_is_alive(p->procs[i]))
+                r = MP_ETASK;
+    }
+    for (int i = 0; r == 0 && i < n; i++)
+        if (atomic_load(&p->sh->slots[i].state) != S_READY)
+            r = MP_ETASK;
+    if (r == 0) {
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old); /* the manager takes no signals */
+        int e = pthread_create(&p->manager, NULL, manager_main, p);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        r = e ? -e : 0;
+        p->manager_on = e == 0;
+    }
+    mp__wait_end(&w);
+    if (r < 0) {
+        if (p->procs && p->sh)
+            kill_all(p);
+        pool_destroy(p);
+        return r == -EAGAIN ? MP_ENOMEM : r;
+    }
+    *out = p;
+    return 0;
+}
+
+static bool pool_ok(const mp_pool *p) { return p && p->owner == self_pid; }
+
+/* Submits: the job, or a code. */
+static int submit(mp_pool *p, mp_task fn, const struct shape *s, struct job **jp)
+{
+    if (!pool_ok(p))
+        return MP_EINVAL;
+    int r = check_shape(p, fn, s);
+    if (r < 0)
+        return r;
+    pthread_mutex_lock(&p->mu);
+    int state = p->state;
+    pthread_mutex_unlock(&p->mu);
+    if (state != RUNNING)
+        return MP_ESTATE;
+    struct job *j;
+    if ((r = job_new(p, fn, s, &j)) < 0)
+        return r;
+    if ((r = publish(p, j, false)) < 0) {
+        mp_shared_free(j);
+        return r;
+    }
+    *jp = j;
+    return 0;
+}
+
+/* Copies results the job kept in its own memory to the caller's. */
+static void copy_back(struct job *j, void *out, int *status)
+{
+    if (out && j->out && j->out != out)
+        memcpy(out, j->out, j->n * j->out_size);
+    if (status && j->status && j->status != status)
+        memcpy(status, j->status, j->n * sizeof(int));
+}
+
+int mp_pool_map(mp_pool *pool, mp_task fn, const void *in, size_t in_size, void *out,
+                size_t out_size, size_t n, const mp_map_opts *opts)
+{
+    mp_async *a;
+    int r = mp_pool_map_async(&a, pool, fn, in, in_size, out, out_size, n, opts);
+    if (r < 0)
+        return r;
+    r = mp_async_get(a, MP_FOREVER);
+    mp_async_free(a);
+    return r;
+}
+
+int mp_pool_apply(mp_pool *pool, mp_task fn, const void *in, size_t in_size, void *out,
+                  size_t out_size)
+{
+    return mp_pool_map(pool, fn, in, in_size, out, out_size, 1, NULL);
+}
+
+int mp_pool_map_async(mp_async **res, mp_pool *pool, mp_task fn, const void *in, size_t in_size,
+                      void *out, size_t out_size, size_t n, const mp_map_opts *opts)
+{
+    if (!res)
+        return MP_EINVAL;
+    *res = NULL;
+    mp_async *a = calloc(1, sizeof *a);
+    if (!a)
+        return MP_ENOMEM;
+    struct shape s = {in, in_size, out, out_size, n, opts, false, false};
+    int r = submit(pool, fn, &s, &a->j);
+    if (r < 0) {
+        free(a);
+        return r;
+    }
+    a->pool = pool;
+    a->out = out;
+    a->status = opts ? opts->status : NULL;
+    if (opts) {
+        a->progress = opts->progress;
+        a->progress_arg = opts->progress_arg;
+    }
+    *res = a;
+    return 0;
+}
+
+int mp_pool_apply_async(mp_async **res, mp_pool *pool, mp_task fn, const void *in, size_t in_size,
+                        void *out, size_t out_size)
+{
+    return mp_pool_map_async(res, pool, fn, in, in_size, out, out_size, 1, NULL);
+}
+
+/* Finishes a ready result once: copies out, reports the final progress. */
+static void async_finish(mp_async *a)
+{
+    if (a->finished)
+        return;
+    a->finished = true;
+    copy_back(a->j, a->out, a->status);
+    a->result = bad_code(atomic_load(&a->j->first_bad));
+    progress(a->progress, a->progress_arg, &a->progress_at, a->j->n, a->j->n, true);
+}
+
+int mp_async_wait(mp_async *r, double timeout)
+{
+    int64_t dl;
+    if (!r || mp__deadline(timeout, &dl) < 0)
+        return MP_EINVAL;
+    if (r->finished)
+        return 0;
+    int e = job_wait(r->pool, r->j, dl, r->progress, r->progress_arg, &r->progress_at);
+    if (e == 0)
+        async_finish(r);
+    return e;
+}
+
+bool mp_async_ready(mp_async *r)
+{
+    if (!r)
+        return false;
+    if (!r->finished && job_finished(r->pool, r->j))
+        async_finish(r);
+    return r->finished;
+}
+
+int mp_async_get(mp_async *r, double timeout)
+{
+    int e = mp_async_wait(r, timeout);
+    return e < 0 ? e : r->result;
+}
+
+int mp_async_wait_any(mp_async **rs, size_t n, double timeout)
+{
+    int64_t dl;
+    if (!rs || n == 0 || n > 1024 || mp__deadline(timeout, &dl) < 0)
+        return MP_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!rs[i])
+            return MP_EINVAL;
+    struct shared *sh = rs[0]->pool->sh;
+    bool one_pool = true;
+    for (size_t i = 1; i < n; i++)
+        one_pool &= rs[i]->pool == rs[0]->pool;
+    mp__waiter w;
+    int r = mp__wait_begin(&w);
+    while (r == 0) {
+        uint32_t seen = atomic_load(&sh->done);
+        bool closed = false;
+        for (size_t i = 0; i < n; i++) {
+            if (mp_async_ready(rs[i])) {
+                mp__wait_end(&w);
+                return (int)i;
+            }
+            closed |= atomic_load(&rs[i]->j->closed) != 0;
+        }
+        if (closed) {
+            r = MP_ECLOSED;
+            break;
+        }
+        if (dl != MP__NEVER && mp__now_ns() >= dl) {
+            r = MP_ETIMEDOUT;
+            break;
+        }
+        /* results of several pools: look again every few ms */
+        int64_t until = one_pool ? dl : mp__now_ns() + 5000000;
+        r = wait_done(sh, seen, until < dl ? until : dl, &w);
+    }
+    mp__wait_end(&w);
+    return r;
+}
+
+void mp_async_free(mp_async *r)
+{
+    if (!r)
+        return;
+    job_release(r->pool, r->j);
+    free(r);
+}
+
+/* ---- imap ------------------------------------------------------------------ */
+
+int mp_pool_imap(mp_imap **it, mp_pool *pool, mp_task fn, const void *in, size_t in_size,
+                 size_t out_size, size_t n, const mp_map_opts *opts, bool ordered)
+{
+    if (!it)
+        return MP_EINVAL;
+    *it = NULL;
+    mp_imap *m = calloc(1, sizeof *m);
+    if (!m)
+        return MP_ENOMEM;
+    struct shape s = {in, in_size, NULL, out_size, n, opts, true, ordered};
+    int r = submit(pool, fn, &s, &m->j);
+    if (r == 0 && !ordered && !(m->given = calloc(m->j->nchunks ? m->j->nchunks : 1, 1))) {
+        job_release(pool, m->j);
+        r = MP_ENOMEM;
+    }
+    if (r < 0) {
+        free(m);
+        return r;
+    }
+    m->pool = pool;
+    m->ordered = ordered;
+    m->window = m->j->mask + 1;
+    m->cur = NONE;
+    if (opts) {
+        m->progress = opts->progress;
+        m->progress_arg = opts->progress_arg;
+    }
+    *it = m;
+    return 0;
+}
+
+static bool chunk_done(struct job *j, uint64_t c)
+{
+    return CW_STATE(atomic_load_explicit(&j->cw[c], memory_order_acquire)) == CW_DONE;
+}
+
+/* The window moved: let workers run further ahead. */
+static void imap_slide(mp_imap *m)
+{
+    struct job *j = m->j;
+    uint64_t lo = m->base < j->nchunks ? chunk_lo(j, m->base) : j->n;
+    atomic_store(&j->limit, lo + m->window);
+    if (atomic_load(&j->wblocked) && atomic_exchange(&j->wblocked, 0))
+        wake_workers(m->pool->sh);
+}
+
+/* Picks the chunk to deliver from next, if one is ready. */
+static bool imap_pick(mp_imap *m)
+{
+    struct job *j = m->j;
+    if (m->ordered) {
+        if (m->base < j->nchunks && chunk_done(j, m->base)) {
+            m->cur = m->base;
+            m->at = chunk_lo(j, m->cur);
+            return true;
+        }
+        return false;
+    }
+    uint64_t end = atomic_load(&j->next);
+    for (uint64_t c = m->base; c < end && c < j->nchunks; c++)
+        if (!m->given[c] && chunk_done(j, c)) {
+            m->cur = c;
+            m->at = chunk_lo(j, c);
+            return true;
+        }
+    return false;
+}
+
+int mp_imap_next(mp_imap *it, void *out, size_t *index, double timeout)
+{
+    int64_t dl;
+    if (!it || mp__deadline(timeout, &dl) < 0 || (!out && it->j->out_size))
+        return MP_EINVAL;
+    struct job *j = it->j;
+    if (it->taken == j->n) {
+        progress(it->progress, it->progress_arg, &it->progress_at, j->n, j->n, true);
+        return MP_EDONE;
+    }
+    struct shared *sh = it->pool->sh;
+    mp__waiter w;
+    int r = 0;
+    bool began = false;
+    while (it->cur == NONE) {
+        uint32_t seen = atomic_load(&sh->done);
+        if (imap_pick(it))
+            break;
+        if (atomic_load(&j->closed)) {
+            r = MP_ECLOSED;
+            break;
+        }
+        /* after a repair, the chunk may have been settled without a signal */
+        if (atomic_load(&sh->deaths) != j->deaths_seen) {
+            j->deaths_seen = atomic_load(&sh->deaths);
+            continue;
+        }
+        progress(it->progress, it->progress_arg, &it->progress_at, it->taken, j->n, false);
+        if (dl != MP__NEVER && mp__now_ns() >= dl) {
+            r = MP_ETIMEDOUT;
+            break;
+        }
+        if (!began) {
+            if ((r = mp__wait_begin(&w)) < 0)
+                return r;
+            began = true;
+        }
+        int64_t until = dl;
+        if (it->progress && it->progress_at + PROGRESS_NS < until)
+            until = it->progress_at + PROGRESS_NS;
+        if ((r = wait_done(sh, seen, until, &w)) < 0)
+            break;
+    }
+    if (began)
+        mp__wait_end(&w);
+    if (r < 0)
+        return r;
+    uint64_t i = it->at++, slot = i & j->mask;
+    if (out && j->out_size)
+        memcpy(out, j->out + slot * j->out_size, j->out_size);
+    int st = j->status[slot];
+    if (index)
+        *index = (size_t)i;
+    it->taken++;
+    if (it->at == chunk_hi(j, it->cur)) { /* this chunk is delivered */
+        if (!it->ordered)
+            it->given[it->cur] = 1;
+        it->cur = NONE;
+        if (it->ordered)
+            it->base++;
+        else
+            while (it->base < j->nchunks && it->given[it->base])
+                it->base++;
+        imap_slide(it);
+    }
+    if (it->taken == j->n)
+        progress(it->progress, it->progress_arg, &it->progress_at, j->n, j->n, true);
+    if (st == 0)
+        return 0;
+    return st == MP_EWORKER || st == MP_ETIMEDOUT ? st : MP_ETASK;
+}
+
+void mp_imap_free(mp_imap *it)
+{
+    if (!it)
+        return;
+    job_release(it->pool, it->j);
+    free(it->given);
+    free(it);
+}
+
+/* ---- close, terminate, join, free -------------------------------------- */
+
+int mp_pool_close(mp_pool *pool)
+{
+    if (!pool_ok(pool))
+        return MP_EINVAL;
+    pthread_mutex_lock(&pool->mu);
+    if (pool->state == RUNNING)
+        pool->state = CLOSED;
+    pthread_mutex_unlock(&pool->mu);
+    uint32_t zero = 0;
+    atomic_compare_exchange_strong(&pool->sh->stop, &zero, 1);
+    wake_workers(pool->sh);
+    kick(pool);
+    return 0;
+}
+
+/* Waits for the manager to end (it has, once gone is set) and joins it. */
+static void join_manager(mp_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    bool join = p->manager_on && !p->manager_joined;
+    p->manager_joined = true;
+    pthread_mutex_unlock(&p->mu);
+    if (join)
+        pthread_join(p->manager, NULL);
+}
+
+int mp_pool_terminate(mp_pool *pool)
+{
+    if (!pool_ok(pool))
+        return MP_EINVAL;
+    pthread_mutex_lock(&pool->mu);
+    pool->state = TERMINATED;
+    pthread_mutex_unlock(&pool->mu);
+    atomic_store(&pool->terminate_req, 1);
+    kick(pool);
+    while (!atomic_load(&pool->gone))
+        mp__futex_wait(&pool->gone, 0, MP__NEVER, NULL);
+    join_manager(pool);
+    return 0;
+}
+
+int mp_pool_join(mp_pool *pool, double timeout)
+{
+    int64_t dl;
+    if (!pool_ok(pool) || mp__deadline(timeout, &dl) < 0)
+        return MP_EINVAL;
+    pthread_mutex_lock(&pool->mu);
+    int state = pool->state;
+    pthread_mutex_unlock(&pool->mu);
+    if (state == RUNNING)
+        return MP_ESTATE;
+    mp__waiter w;
+    int r = mp__wait_begin(&w);
+    while (r == 0 && !atomic_load(&pool->gone))
+        r = mp__futex_wait(&pool->gone, 0, dl, &w);
+    mp__wait_end(&w);
+    if (r == 0)
+        join_manager(pool);
+    return r;
+}
+
+void mp_pool_free(mp_pool *pool)
+{
+    if (!pool)
+        return;
+    if (pool->owner != self_pid)
+        return; /* a copy inherited by a child: not its to stop */
+    mp_pool_terminate(pool);
+    pool_destroy(pool);
+}
