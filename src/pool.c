@@ -76,6 +76,9 @@
 #define RESTART_GAP_NS 20000000LL /* one per this long (no fork storm) */
 #define IMAP_WINDOW_BYTES ((size_t)64 << 20)
 #define NONE UINT64_MAX
+#define SPARE_MAX 2048            /* job blocks this small are kept for reuse, */
+#define SPARE_COUNT 1024          /* this many at most */
+#define BIG_MIN ((size_t)1 << 20) /* and the largest block from this size */
 
 /* chunk words: state (2 bits), slot (16), offset of the first item left (46) */
 enum { CW_FREE = 0, CW_CLAIMED = 1, CW_DONE = 2 };
@@ -118,8 +121,9 @@ struct job {
     alignas(64) uint64_t last_pos; /* ring position of its latest append */
     uint32_t deaths_seen;          /* sh->deaths when the truth was last scanned */
     uint64_t scan_from;            /* chunks below it are known DONE */
+    size_t size;                   /* of its arena block */
     bool complete;                 /* seen complete (sticky) */
-    struct job *next_j;            /* active or limbo list */
+    struct job *next_j, *prev_j;   /* active list (both), limbo list (next_j) */
 };
 
 struct slot {
@@ -134,6 +138,7 @@ enum { S_STARTING, S_READY, S_INIT_FAILED, S_LEFT };
 struct shared {
     alignas(64) _Atomic uint32_t work; /* bumped at each submission, window move, stop */
     _Atomic uint32_t sleepers;         /* workers asleep on work */
+    _Atomic uint32_t hunting;          /* workers awake and looking for a chunk */
     _Atomic uint32_t stop;             /* 1: leave when nothing is left (close); 2: now */
     mp__spinner wspin;
     alignas(64) _Atomic uint64_t head;
@@ -160,6 +165,9 @@ struct mp_pool {
     int state;          /* mu */
     struct job *active; /* submitted, still held by a caller; mu */
     struct job *limbo;  /* let go of, freed once no worker can reach them; mu */
+    struct job *spare;  /* freed small blocks kept for the next jobs; mu */
+    size_t nspare;
+    struct job *big;    /* the last large block, kept: its pages are in place; mu */
     pthread_t manager;
     bool manager_on;
     bool manager_joined; /* mu */
@@ -289,19 +297,26 @@ static int claim(struct job *j, unsigned id, uint64_t *c, uint64_t *from)
 static void run_chunk(struct shared *sh, struct slot *me, struct job *j, uint64_t c, uint64_t from)
 {
     uint64_t hi = chunk_hi(j, c), i = from;
-    const char *in = j->in;
-    char *out = j->out;
+    /* the loop reads the job only through these (the atomic stores below
+     * would otherwise make the compiler load them again at every item) */
+    const mp_task fn = j->fn;
+    void *const ctx = j->ctx;
+    const char *const in = j->in;
+    char *const out = j->out;
+    const size_t isz = j->in_size, osz = j->out_size;
+    const uint64_t mask = j->mask;
+    int *const status = j->status;
+    const int64_t tmo = j->timeout_ns;
     for (; i < hi; i++) {
-        if (atomic_load_explicit(&j->cancel, memory_order_relaxed))
+        if (i % 64 == 0 && atomic_load_explicit(&j->cancel, memory_order_relaxed))
             break;
-        atomic_store_explicit(&me->item, i, memory_order_release);
-        if (j->timeout_ns)
-            atomic_store_explicit(&me->deadline, mp__now_ns() + j->timeout_ns, memory_order_release);
-        uint64_t slot = i & j->mask;
-        int rc = j->fn(in ? in + i * j->in_size : NULL, out ? out + slot * j->out_size : NULL,
-                       j->ctx);
-        if (j->status)
-            j->status[slot] = rc;
+        atomic_store_explicit(&me->item, i, memory_order_relaxed); /* read after our death */
+        if (tmo)
+            atomic_store_explicit(&me->deadline, mp__now_ns() + tmo, memory_order_relaxed);
+        uint64_t slot = i & mask;
+        int rc = fn(in ? in + i * isz : NULL, out ? out + slot * osz : NULL, ctx);
+        if (status)
+            status[slot] = rc;
         if (rc)
             note_bad(j, i, BAD_TASK);
     }
@@ -348,7 +363,9 @@ static bool work_once(struct shared *sh, struct slot *me, unsigned id)
         uint64_t c, from;
         int r = claim(j, id, &c, &from);
         if (r == CLAIMED) {
+            atomic_fetch_sub(&sh->hunting, 1);
             run_chunk(sh, me, j, c, from);
+            atomic_fetch_add(&sh->hunting, 1);
             return true;
         }
         if (r == EXHAUSTED && pos == atomic_load(&sh->head))
@@ -356,7 +373,9 @@ static bool work_once(struct shared *sh, struct slot *me, unsigned id)
         if (r == BLOCKED) {
             atomic_store(&j->wblocked, 1);
             if (claim(j, id, &c, &from) == CLAIMED) { /* the window moved meanwhile */
+                atomic_fetch_sub(&sh->hunting, 1);
                 run_chunk(sh, me, j, c, from);
+                atomic_fetch_add(&sh->hunting, 1);
                 return true;
             }
         }
@@ -387,6 +406,7 @@ static int worker_main(void *arg)
     atomic_fetch_add(&sh->nready, 1);
     mp__futex_wake(&sh->nready, INT32_MAX);
     size_t tasks = 0, max = p->opts.maxtasksperchild;
+    atomic_fetch_add(&sh->hunting, 1);
     for (;;) {
         uint32_t seen = atomic_load(&sh->work);
         uint32_t stop = atomic_load(&sh->stop);
@@ -402,14 +422,16 @@ static int worker_main(void *arg)
         int64_t start;
         if (mp__spin(&sh->wspin, &sh->work, seen, MP__NEVER, &start))
             continue;
+        atomic_fetch_sub(&sh->hunting, 1);
         atomic_fetch_add(&sh->sleepers, 1);
-        bool came = false;
         if (atomic_load(&sh->work) == seen)
             mp__futex_wait(&sh->work, seen, MP__NEVER, NULL);
-        came = atomic_load(&sh->work) != seen;
+        bool came = atomic_load(&sh->work) != seen;
         atomic_fetch_sub(&sh->sleepers, 1);
+        atomic_fetch_add(&sh->hunting, 1);
         mp__spin_learn(&sh->wspin, start, came);
     }
+    atomic_fetch_sub(&sh->hunting, 1);
     atomic_store(&me->job, NULL);
     atomic_store(&me->state, S_LEFT);
     return 0;
@@ -423,14 +445,39 @@ static bool in_arena(const void *ptr, size_t len)
     return b && c >= b && len <= mp__arena_size() && (size_t)(c - b) <= mp__arena_size() - len;
 }
 
-static void wake_workers(struct shared *sh)
+/* New work: wakes up to `want` sleeping workers. */
+static void wake_some(struct shared *sh, uint64_t want)
 {
     atomic_fetch_add(&sh->work, 1);
     mp__spin_note(&sh->wspin);
-    if (atomic_load(&sh->sleepers)) {
+    uint32_t sleeping = atomic_load(&sh->sleepers);
+    if (sleeping) {
         mp__spin_stamp(&sh->wspin);
-        mp__futex_wake(&sh->work, INT32_MAX);
+        mp__futex_wake(&sh->work, want < sleeping ? (int)want : INT32_MAX);
     }
+}
+
+static void wake_workers(struct shared *sh) { wake_some(sh, UINT64_MAX); }
+
+/* A job was appended: wakes as many sleepers as it has chunks for, less
+ * the workers awake and looking for work (they will find it): in a stream
+ * of applies to busy workers, most submissions take no system call. A
+ * worker stops hunting before it sleeps and then looks at work again, and
+ * we bump work before we count the hunters, so none of them can miss it. */
+static void wake_for(mp_pool *p, struct job *j)
+{
+    struct shared *sh = p->sh;
+    atomic_fetch_add(&sh->work, 1);
+    mp__spin_note(&sh->wspin);
+    uint64_t hunting = atomic_load(&sh->hunting), n = (uint64_t)p->nproc;
+    uint64_t queued = atomic_load(&sh->tail) - atomic_load(&sh->head);
+    uint64_t need = j->nchunks < n ? j->nchunks : n; /* workers this job can use */
+    need = queued > need ? (queued < n ? queued : n) : need;
+    if (need <= hunting || !atomic_load(&sh->sleepers))
+        return;
+    uint64_t want = need - hunting;
+    mp__spin_stamp(&sh->wspin);
+    mp__futex_wake(&sh->work, (int)want);
 }
 
 static void wake_waiters(struct shared *sh)
@@ -438,6 +485,51 @@ static void wake_waiters(struct shared *sh)
     atomic_fetch_add(&sh->done, 1);
     atomic_store(&sh->dwant, 0);
     mp__futex_wake(&sh->done, INT32_MAX);
+}
+
+/* With mu held: keeps a freed job's block for the next job when it is
+ * small (an arena allocation and its page faults cost more than the
+ * work of an apply) or the largest yet (a map's staging: its pages stay
+ * mapped for the next map of that size). */
+static void recycle_locked(mp_pool *p, struct job *j, bool all)
+{
+    if (!all && j->size <= SPARE_MAX && p->nspare < SPARE_COUNT) {
+        j->next_j = p->spare;
+        p->spare = j;
+        p->nspare++;
+        return;
+    }
+    if (!all && j->size >= BIG_MIN && (!p->big || p->big->size <= j->size)) {
+        struct job *old = p->big;
+        p->big = j;
+        j = old;
+    }
+    mp_shared_free(j);
+}
+
+/* With mu held: a kept block of at least size bytes, zeroed as far as
+ * the job's header and chunk words (the rest is written before use). */
+static char *reuse_locked(mp_pool *p, size_t size, size_t zero)
+{
+    struct job *j = NULL;
+    if (size <= SPARE_MAX) {
+        for (struct job **pp = &p->spare; *pp; pp = &(*pp)->next_j)
+            if ((*pp)->size >= size) {
+                j = *pp;
+                *pp = j->next_j;
+                p->nspare--;
+                break;
+            }
+    } else if (p->big && p->big->size >= size && p->big->size / 2 <= size) {
+        j = p->big;
+        p->big = NULL;
+    }
+    if (!j)
+        return NULL;
+    size_t have = j->size;
+    memset(j, 0, zero);
+    j->size = have;
+    return (char *)j;
 }
 
 /* With mu held: frees the jobs let go of that no worker can reach. */
@@ -456,7 +548,7 @@ static void reclaim_locked(mp_pool *p, bool all)
             continue;
         }
         *pp = j->next_j;
-        mp_shared_free(j);
+        recycle_locked(p, j, all);
     }
 }
 
@@ -465,11 +557,12 @@ static void job_release(mp_pool *p, struct job *j)
 {
     atomic_store(&j->cancel, 1);
     pthread_mutex_lock(&p->mu);
-    for (struct job **pp = &p->active; *pp; pp = &(*pp)->next_j)
-        if (*pp == j) {
-            *pp = j->next_j;
-            break;
-        }
+    if (j->prev_j)
+        j->prev_j->next_j = j->next_j;
+    else
+        p->active = j->next_j;
+    if (j->next_j)
+        j->next_j->prev_j = j->prev_j;
     j->next_j = p->limbo;
     p->limbo = j;
     reclaim_locked(p, p->gone);
@@ -571,9 +664,14 @@ static int job_new(mp_pool *p, mp_task fn, const struct shape *s, struct job **o
     size_t at_status = size;
     if (own_status)
         size += round_up(nstatus * sizeof(int), 64);
-    char *mem = mp_shared_alloc(size);
-    if (!mem)
-        return MP_ENOMEM;
+    pthread_mutex_lock(&p->mu);
+    char *mem = reuse_locked(p, size, at_bounds);
+    pthread_mutex_unlock(&p->mu);
+    if (!mem) {
+        if (!(mem = mp_shared_alloc(size)))
+            return MP_ENOMEM;
+        ((struct job *)mem)->size = size;
+    }
     struct job *j = (struct job *)mem;
     j->fn = fn;
     j->ctx = o ? o->ctx : NULL;
@@ -624,11 +722,14 @@ static int publish(mp_pool *p, struct job *j, bool again)
             if (!again) {
                 j->deaths_seen = atomic_load(&sh->deaths);
                 j->next_j = p->active;
+                j->prev_j = NULL;
+                if (p->active)
+                    p->active->prev_j = j;
                 p->active = j;
             }
             atomic_store(&sh->tail, tail + 1);
             pthread_mutex_unlock(&p->mu);
-            wake_workers(sh);
+            wake_for(p, j);
             break;
         }
         pthread_mutex_unlock(&p->mu);
@@ -991,6 +1092,11 @@ static void pool_destroy(mp_pool *p)
         mp_shared_free(j);
     }
     reclaim_locked(p, true);
+    for (struct job *j = p->spare, *nx; j; j = nx) {
+        nx = j->next_j;
+        mp_shared_free(j);
+    }
+    mp_shared_free(p->big);
     pthread_mutex_unlock(&p->mu);
     pthread_mutex_destroy(&p->mu);
     mp_shared_free(p->sh);
