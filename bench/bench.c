@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/syscall.h>
@@ -1093,6 +1094,684 @@ static int floor_pipe_stream(long n)
     return err ? err : in_two_processes(floor_pipe_stream_side, 2 * n);
 }
 
+/* ---- pools ---------------------------------------------------------------- */
+
+/* The pool rows time mp_pool_* next to a hand-written pool, "the team":
+ * processes forked once and kept (as a pool's workers are) that sleep on a
+ * futex until a job is posted, claim its items in chunks through an atomic
+ * index in a MAP_SHARED page, and report the end of the job through an
+ * atomic count that the caller sleeps on (the last worker through wakes
+ * it). So every call pays one dispatch and one completion on both sides;
+ * the team has no per-item function call (its loops are inline), no copies
+ * and no crash handling. Pools and teams are made on first use, kept for the
+ * whole run (idle, they sleep) and freed at exit. Every call checks its
+ * results, so a broken pool fails its row instead of printing a figure.
+ *
+ * The map rows take n as the number of items (up to SQ_ITEMS or CPU_ITEMS a
+ * call, more calls for a larger n), so their figures are per item. */
+
+#define SQ_ITEMS 10000000L /* the most items of one map call in the square rows */
+#define SQ_CHUNK 65536     /* items a team worker claims at once there */
+#define CPU_ITEMS 200      /* the most items of one map call in the 1 ms rows */
+#define BULK_MAX 100000    /* the most apply_async results outstanding at once */
+#define TEAM_MAX 64        /* the most processes of a team */
+#define POOL_MAX 1024      /* the most workers of a pool (mp_pool_new's limit) */
+
+static double now_ns(void);
+
+/* The task of the square rows: *out = x * x (in[i] = i, so out[i] = i * i). */
+static int square_task(const void *in, void *out, void *ctx)
+{
+    (void)ctx;
+    int64_t x = *(const int64_t *)in;
+    *(int64_t *)out = x * x;
+    return 0;
+}
+
+/* About 1 ms of CPU for iters steps (see busy_init): an LCG, whose every
+ * step needs the last; the empty asm keeps the compiler from folding or
+ * dropping the loop. */
+static uint64_t busy(uint64_t x, uint64_t iters)
+{
+    for (uint64_t i = 0; i < iters; i++) {
+        x = x * 6364136223846793005u + 1442695040888963407u;
+        __asm__ volatile("" : "+r"(x));
+    }
+    return x;
+}
+
+static uint64_t *b_iters;               /* in the arena: busy() steps of about 1 ms here */
+static int64_t b_cpu_expect[CPU_ITEMS]; /* busy(i, *b_iters): what item i must give */
+
+/* The task of the 1 ms rows: ctx points to the step count (arena memory, so
+ * that workers started before it was measured see it too). */
+static int cpu_task(const void *in, void *out, void *ctx)
+{
+    *(int64_t *)out = (int64_t)busy((uint64_t)*(const int64_t *)in, *(const uint64_t *)ctx);
+    return 0;
+}
+
+/* Measures once how many busy() steps take 1 ms on this machine (the
+ * fastest of 5 runs, scaled, three rounds), and the items' results. */
+static int busy_init(void)
+{
+    if (b_iters)
+        return 0;
+    uint64_t *it = mp_shared_alloc(sizeof *it);
+    if (!it)
+        return MP_ENOMEM;
+    uint64_t iters = 1 << 16;
+    for (int round = 0; round < 3; round++) {
+        double best = 1e18;
+        for (int r = 0; r < 5; r++) {
+            double t0 = now_ns();
+            sink += (long)busy((uint64_t)r, iters);
+            double t = now_ns() - t0;
+            best = t < best ? t : best;
+        }
+        double scaled = (double)iters * 1e6 / (best > 1 ? best : 1);
+        iters = scaled < 1 ? 1 : (uint64_t)scaled;
+    }
+    *it = iters;
+    for (int i = 0; i < CPU_ITEMS; i++)
+        b_cpu_expect[i] = (int64_t)busy((uint64_t)i, iters);
+    b_iters = it;
+    return 0;
+}
+
+/* The items of the map rows, in[i] = i, and room for their results:
+ * SQ_ITEMS int64s each, made once. */
+static int64_t *b_sq_in, *b_sq_out; /* in the arena (mp_shared_calloc) */
+static int64_t *b_pv_in, *b_pv_out; /* private: the pool copies them */
+static int64_t *b_fl_in, *b_fl_out; /* the team's: MAP_SHARED, made before it forks */
+
+static void iota(int64_t *p)
+{
+    for (long i = 0; i < SQ_ITEMS; i++)
+        p[i] = i;
+}
+
+static int sq_arena_init(void)
+{
+    if (b_sq_in)
+        return 0;
+    int64_t *in = mp_shared_calloc(SQ_ITEMS, sizeof *in);
+    int64_t *out = mp_shared_calloc(SQ_ITEMS, sizeof *out);
+    if (!in || !out) {
+        mp_shared_free(in);
+        mp_shared_free(out);
+        return MP_ENOMEM;
+    }
+    iota(in);
+    b_sq_out = out;
+    b_sq_in = in;
+    return 0;
+}
+
+/* Private anonymous memory, as a large malloc gets, marked MADV_DONTFORK:
+ * its 160 MB would otherwise make every later fork of the run (the pool and
+ * floor rows that fork) copy their page tables, and then cost this process
+ * a fault per page at its next write. The pool must not touch it from its
+ * workers anyway: it copies such inputs and outputs in the caller. */
+static int sq_private_init(void)
+{
+    if (b_pv_in)
+        return 0;
+    size_t bytes = SQ_ITEMS * sizeof(int64_t);
+    char *p = mmap(NULL, 2 * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    madvise(p, 2 * bytes, MADV_DONTFORK);
+    iota((int64_t *)p);
+    memset(p + bytes, 0, bytes);
+    b_pv_out = (int64_t *)(p + bytes);
+    b_pv_in = (int64_t *)p;
+    return 0;
+}
+
+static int sq_floor_init(void)
+{
+    if (b_fl_in)
+        return 0;
+    size_t bytes = SQ_ITEMS * sizeof(int64_t);
+    char *p = mmap(NULL, 2 * bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    iota((int64_t *)p);
+    memset(p + bytes, 0, bytes);
+    b_fl_out = (int64_t *)(p + bytes);
+    b_fl_in = (int64_t *)p;
+    return 0;
+}
+
+/* Checking a k-item square call: before it, a few outputs (first, last,
+ * evenly spread, and one that moves from call to call) are set to -1, and
+ * after it they must hold i * i. */
+#define NSAMPLES 9
+
+static void square_mark(int64_t *out, long k, long idx[NSAMPLES])
+{
+    static unsigned long turn;
+    for (int j = 0; j < NSAMPLES - 1; j++)
+        idx[j] = (k - 1) * j / (NSAMPLES - 2);
+    idx[NSAMPLES - 1] = (long)((turn++ * 2654435761u) % (unsigned long)k);
+    for (int j = 0; j < NSAMPLES; j++)
+        out[idx[j]] = -1;
+}
+
+static int square_check(const int64_t *out, const long idx[NSAMPLES])
+{
+    for (int j = 0; j < NSAMPLES; j++)
+        if (out[idx[j]] != (int64_t)idx[j] * idx[j])
+            return MP_ESTATE;
+    return 0;
+}
+
+/* ---- pools: the team (the floor) ----------------------------------------- */
+
+struct team_ctl {
+    _Alignas(64) _Atomic uint32_t gen;  /* jobs posted so far; idle workers sleep on it */
+    int cpu;                            /* the job: busy() items (1) or squares (0) */
+    const int64_t *in;                  /* items [0, n), in chunks of chunk */
+    int64_t *out;
+    long n, chunk;
+    uint64_t iters;                     /* busy() steps per item */
+    _Alignas(64) _Atomic long next;     /* the next chunk to claim */
+    _Alignas(64) _Atomic uint32_t done; /* workers through with the job; the caller sleeps on it */
+};
+_Static_assert(sizeof(struct team_ctl) <= 4096, "a team's control fits in a shared_page");
+
+struct team {
+    struct team_ctl *c; /* NULL until started */
+    int k;              /* processes */
+    pid_t pid[TEAM_MAX];
+};
+
+static struct team b_team2;    /* 2 processes: the square, rtt-less and bulk rows */
+static struct team b_team_cpu; /* one process per CPU: the 1 ms rows */
+
+/* The floor runs the same task as the pool, through a pointer, as any pool
+ * of user functions must: the rows then measure what the pool adds to the
+ * work. (Written inline, the compiler vectorises x * x to about 0.4 ns an
+ * item on 2 CPUs here: what no per-item function call can reach.) */
+static int (*volatile floor_task)(const void *, void *, void *) = square_task;
+
+static void square_items(const int64_t *restrict in, int64_t *restrict out, long first, long end)
+{
+    int (*fn)(const void *, void *, void *) = floor_task;
+    for (long i = first; i < end; i++)
+        fn(&in[i], &out[i], NULL);
+}
+
+/* A team process: waits for a job, claims chunks until none is left,
+ * counts itself done (waking the caller if it is the last), again. */
+static void team_worker(struct team_ctl *c, int k)
+{
+    uint32_t seen = 0;
+    for (;;) {
+        uint32_t g;
+        while ((g = atomic_load(&c->gen)) == seen)
+            syscall(SYS_futex, &c->gen, FUTEX_WAIT, seen, NULL, NULL, 0);
+        seen = g;
+        const int64_t *in = c->in;
+        int64_t *out = c->out;
+        long n = c->n, chunk = c->chunk;
+        for (long i; (i = atomic_fetch_add(&c->next, 1) * chunk) < n;) {
+            long end = n - i < chunk ? n : i + chunk;
+            if (c->cpu)
+                for (; i < end; i++)
+                    out[i] = (int64_t)busy((uint64_t)in[i], c->iters);
+            else
+                square_items(in, out, i, end);
+        }
+        if (atomic_fetch_add(&c->done, 1) + 1 == (uint32_t)k)
+            syscall(SYS_futex, &c->done, FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+}
+
+/* Kills the team's processes (by pid) and reaps them. */
+static void team_stop(struct team *t)
+{
+    for (int i = 0; i < t->k; i++) {
+        kill(t->pid[i], SIGKILL);
+        while (waitpid(t->pid[i], NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    t->k = 0;
+    if (t->c)
+        munmap(t->c, 4096);
+    t->c = NULL;
+}
+
+static mp_pool *b_pool2;     /* 2 workers: the square, rtt and bulk rows */
+static mp_pool *b_pool_cpu;  /* one worker per CPU: pool_map_cpu_1ms */
+static mp_pool *b_pool_over; /* four workers per CPU: pool_map_cpu_1ms_oversub4x */
+static mp_pool *b_pool_same; /* 2 workers pinned to one CPU: pool_apply_rtt_same_cpu */
+static pid_t b_main_pid;     /* the bench process: the one that cleans up at exit */
+
+static void pool_rows_atexit(void)
+{
+    if (getpid() != b_main_pid)
+        return;
+    mp_pool **pools[] = {&b_pool2, &b_pool_cpu, &b_pool_over, &b_pool_same};
+    for (size_t i = 0; i < sizeof pools / sizeof pools[0]; i++) {
+        mp_pool_free(*pools[i]);
+        *pools[i] = NULL;
+    }
+    team_stop(&b_team2);
+    team_stop(&b_team_cpu);
+}
+
+static void cleanup_at_exit(void)
+{
+    if (!b_main_pid) {
+        b_main_pid = getpid();
+        atexit(pool_rows_atexit);
+    }
+}
+
+/* Forks the k processes of t once; they die with this process. */
+static int team_start(struct team *t, int k)
+{
+    if (t->c)
+        return 0;
+    if (k < 1 || k > TEAM_MAX)
+        return MP_EINVAL;
+    struct team_ctl *c = shared_page();
+    if (!c)
+        return MP_ENOMEM;
+    pid_t parent = getpid();
+    fflush(NULL);
+    for (t->k = 0; t->k < k; t->k++) {
+        pid_t p = fork();
+        if (p < 0) {
+            int err = -errno;
+            t->c = c;
+            team_stop(t);
+            return err;
+        }
+        if (p == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent)
+                _exit(1);
+            team_worker(c, k);
+            _exit(0);
+        }
+        t->pid[t->k] = p;
+    }
+    t->c = c;
+    cleanup_at_exit();
+    return 0;
+}
+
+/* Whether a process of the team has ended (it never should). */
+static int team_lost(struct team *t)
+{
+    for (int i = 0; i < t->k; i++) {
+        pid_t r = waitpid(t->pid[i], NULL, WNOHANG);
+        if (r == t->pid[i] || (r < 0 && errno == ECHILD))
+            return 1;
+    }
+    return 0;
+}
+
+/* One job: items [0, n) of in to out, claimed chunk at a time; returns
+ * once every process of the team is through with it. */
+static int team_run(struct team *t, int cpu, const int64_t *in, int64_t *out, long n, long chunk,
+                    uint64_t iters)
+{
+    struct team_ctl *c = t->c;
+    c->cpu = cpu;
+    c->in = in;
+    c->out = out;
+    c->n = n;
+    c->chunk = chunk;
+    c->iters = iters;
+    atomic_store(&c->next, 0);
+    atomic_store(&c->done, 0);
+    atomic_fetch_add(&c->gen, 1);
+    syscall(SYS_futex, &c->gen, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+    const struct timespec second = {1, 0}; /* how often a long wait checks the team lives */
+    uint32_t d;
+    while ((d = atomic_load(&c->done)) < (uint32_t)t->k)
+        if (syscall(SYS_futex, &c->done, FUTEX_WAIT, d, &second, NULL, 0) < 0 && errno == ETIMEDOUT &&
+            team_lost(t))
+            return MP_ESTATE;
+    return 0;
+}
+
+/* ---- pools: the rows ------------------------------------------------------ */
+
+/* Makes *slot a pool of procs workers, once. SAME_CPU: its workers (and any
+ * thread it starts here) inherit one CPU from this thread, pinned while the
+ * pool is made. */
+static int pool_init(mp_pool **slot, int procs, enum place p)
+{
+    if (*slot)
+        return 0;
+    int err = p == ANY_CPU ? 0 : place_side(p, 1);
+    mp_pool_opts o = {.processes = procs};
+    if (!err)
+        err = mp_pool_new(slot, &o);
+    if (p != ANY_CPU)
+        place_side(ANY_CPU, 1);
+    if (err) {
+        *slot = NULL;
+        return err;
+    }
+    cleanup_at_exit();
+    return 0;
+}
+
+/* Workers of the 1 ms rows: one per CPU this process may use (2 here). */
+static int cpu_procs(void)
+{
+    int k = mp_process_cpu_count();
+    return k > TEAM_MAX ? TEAM_MAX : k;
+}
+
+/* pool_map_square_10m(_private): mp_pool_map of square_task over n items
+ * (x * x of int64s), up to SQ_ITEMS a call, pool of 2, chunksize 0 (the
+ * pool's choice); in and out in the arena or in private memory, which the
+ * pool copies in and out each call. */
+static int map_square(int64_t *in, int64_t *out, long n)
+{
+    int err = pool_init(&b_pool2, 2, ANY_CPU);
+    mp_map_opts o = {.chunksize = 0};
+    for (long done = 0; done < n && !err;) {
+        long k = n - done < SQ_ITEMS ? n - done : SQ_ITEMS, idx[NSAMPLES];
+        square_mark(out, k, idx);
+        err = mp_pool_map(b_pool2, square_task, in, sizeof *in, out, sizeof *out, (size_t)k, &o);
+        if (!err)
+            err = square_check(out, idx);
+        done += k;
+    }
+    return err;
+}
+
+static int mproc_map_square(long n)
+{
+    int err = sq_arena_init();
+    return err ? err : map_square(b_sq_in, b_sq_out, n);
+}
+
+static int mproc_map_square_private(long n)
+{
+    int err = sq_private_init();
+    return err ? err : map_square(b_pv_in, b_pv_out, n);
+}
+
+/* Its floor (for both rows): the team of 2 over the same items in its
+ * MAP_SHARED arrays, SQ_CHUNK items a claim, one job per call. */
+static int floor_map_square(long n)
+{
+    int err = sq_floor_init();
+    if (!err)
+        err = team_start(&b_team2, 2);
+    for (long done = 0; done < n && !err;) {
+        long k = n - done < SQ_ITEMS ? n - done : SQ_ITEMS, idx[NSAMPLES];
+        square_mark(b_fl_out, k, idx);
+        err = team_run(&b_team2, 0, b_fl_in, b_fl_out, k, SQ_CHUNK, 0);
+        if (!err)
+            err = square_check(b_fl_out, idx);
+        done += k;
+    }
+    return err;
+}
+
+/* pool_map_cpu_1ms(_oversub4x): mp_pool_map of cpu_task (about 1 ms of
+ * CPU an item) over n items, up to CPU_ITEMS a call (a 30 ms batch on 2
+ * CPUs is about 60 items: one call), chunksize 0; every result is checked.
+ * Per item, so 1 ms / the figure is the speedup over one process (2 at
+ * best here). */
+static int map_cpu(mp_pool **slot, int procs, long n)
+{
+    int err = busy_init();
+    if (!err)
+        err = sq_arena_init();
+    if (!err)
+        err = pool_init(slot, procs, ANY_CPU);
+    mp_map_opts o = {.chunksize = 0, .ctx = b_iters};
+    for (long done = 0; done < n && !err;) {
+        long k = n - done < CPU_ITEMS ? n - done : CPU_ITEMS;
+        for (long i = 0; i < k; i++)
+            b_sq_out[i] = ~b_cpu_expect[i];
+        err = mp_pool_map(*slot, cpu_task, b_sq_in, sizeof *b_sq_in, b_sq_out, sizeof *b_sq_out,
+                          (size_t)k, &o);
+        for (long i = 0; i < k && !err; i++)
+            if (b_sq_out[i] != b_cpu_expect[i])
+                err = MP_ESTATE;
+        done += k;
+    }
+    return err;
+}
+
+static int mproc_map_cpu(long n) { return map_cpu(&b_pool_cpu, cpu_procs(), n); }
+
+/* Four workers per CPU (8 on 2 CPUs) on the same items: next to
+ * pool_map_cpu_1ms, what oversubscription costs. */
+static int mproc_map_cpu_over(long n)
+{
+    int procs = 4 * mp_process_cpu_count();
+    return map_cpu(&b_pool_over, procs > POOL_MAX ? POOL_MAX : procs, n);
+}
+
+/* The floor of both: the team of one process per CPU, one item a claim. */
+static int floor_map_cpu(long n)
+{
+    int err = busy_init();
+    if (!err)
+        err = sq_floor_init();
+    if (!err)
+        err = team_start(&b_team_cpu, cpu_procs());
+    for (long done = 0; done < n && !err;) {
+        long k = n - done < CPU_ITEMS ? n - done : CPU_ITEMS;
+        for (long i = 0; i < k; i++)
+            b_fl_out[i] = ~b_cpu_expect[i];
+        err = team_run(&b_team_cpu, 1, b_fl_in, b_fl_out, k, 1, *b_iters);
+        for (long i = 0; i < k && !err; i++)
+            if (b_fl_out[i] != b_cpu_expect[i])
+                err = MP_ESTATE;
+        done += k;
+    }
+    return err;
+}
+
+/* pool_apply_rtt(_same_cpu): one mp_pool_apply of square_task on an int64
+ * on the stack (private: copied in and out), pool of 2: submit, wait for
+ * the result. SAME_CPU: a pool made pinned to one CPU, and the caller
+ * pinned there too during the batch. */
+static int apply_rtt(mp_pool *pool, enum place p, long n)
+{
+    int err = p == ANY_CPU ? 0 : place_side(p, 1);
+    for (long i = 0; i < n && !err; i++) {
+        int64_t x = i, y = -1;
+        err = mp_pool_apply(pool, square_task, &x, sizeof x, &y, sizeof y);
+        if (!err && y != x * x)
+            err = MP_ESTATE;
+    }
+    if (p != ANY_CPU)
+        place_side(ANY_CPU, 1);
+    return err;
+}
+
+static int mproc_apply_rtt(long n)
+{
+    int err = pool_init(&b_pool2, 2, ANY_CPU);
+    return err ? err : apply_rtt(b_pool2, ANY_CPU, n);
+}
+
+static int mproc_apply_rtt_same(long n)
+{
+    int err = pool_init(&b_pool_same, 2, SAME_CPU);
+    return err ? err : apply_rtt(b_pool_same, SAME_CPU, n);
+}
+
+/* Their floor: the request and the answer through shared memory, each
+ * announced on a raw futex as in event_pingpong's floor (futex_post and
+ * futex_take): side 1 writes x and posts req, side 0 takes it, writes x * x
+ * and posts resp. One helper (in_two_processes: forked per batch, placed by
+ * b_place); a failed check still runs the loop out, so the helper ends. */
+static struct rtt {
+    _Atomic uint32_t req, resp;
+    int64_t x, y;
+} *b_rtt;
+
+static int floor_rtt_side(int side, long n)
+{
+    struct rtt *r = b_rtt;
+    int err = 0;
+    for (long i = 0; i < n; i++) {
+        if (side == 1) {
+            r->x = i;
+            futex_post(&r->req);
+            futex_take(&r->resp);
+            if (r->y != (int64_t)i * i)
+                err = MP_ESTATE;
+        } else {
+            futex_take(&r->req);
+            r->y = r->x * r->x;
+            futex_post(&r->resp);
+        }
+    }
+    return err;
+}
+
+static int floor_rtt_at(enum place p, long n)
+{
+    if (!b_rtt && !(b_rtt = shared_page()))
+        return MP_ENOMEM;
+    b_place = p;
+    int err = in_two_processes(floor_rtt_side, 2 * n); /* n per side */
+    b_place = ANY_CPU;
+    return err;
+}
+
+static int floor_rtt(long n) { return floor_rtt_at(ANY_CPU, n); }
+static int floor_rtt_same(long n) { return floor_rtt_at(SAME_CPU, n); }
+
+/* pool_apply_async_bulk: n mp_pool_apply_async of square_task (up to
+ * BULK_MAX outstanding: submit them all, then mp_async_get and
+ * mp_async_free each in order), int64s in private arrays, pool of 2. Per
+ * apply: 1e9 / the figure is applies per second. */
+static mp_async **b_handles;
+static int64_t *b_bulk_in, *b_bulk_out;
+
+static int mproc_apply_bulk(long n)
+{
+    int err = pool_init(&b_pool2, 2, ANY_CPU);
+    if (!err && !b_handles) {
+        b_bulk_in = malloc(BULK_MAX * sizeof *b_bulk_in);
+        b_bulk_out = malloc(BULK_MAX * sizeof *b_bulk_out);
+        b_handles = malloc(BULK_MAX * sizeof *b_handles);
+        if (!b_bulk_in || !b_bulk_out || !b_handles) {
+            free(b_bulk_in);
+            free(b_bulk_out);
+            free(b_handles);
+            b_handles = NULL;
+            return MP_ENOMEM;
+        }
+    }
+    for (long done = 0; done < n && !err;) {
+        long k = n - done < BULK_MAX ? n - done : BULK_MAX, sub = 0;
+        for (; sub < k; sub++) {
+            b_bulk_in[sub] = done + sub;
+            b_bulk_out[sub] = -1;
+            err = mp_pool_apply_async(&b_handles[sub], b_pool2, square_task, &b_bulk_in[sub],
+                                      sizeof *b_bulk_in, &b_bulk_out[sub], sizeof *b_bulk_out);
+            if (err)
+                break;
+        }
+        for (long i = 0; i < sub; i++) {
+            if (!err) {
+                err = mp_async_get(b_handles[i], MP_FOREVER);
+                if (!err && b_bulk_out[i] != b_bulk_in[i] * b_bulk_in[i])
+                    err = MP_ESTATE;
+            }
+            mp_async_free(b_handles[i]); /* after a failure: cancels the rest */
+        }
+        done += k;
+    }
+    return err;
+}
+
+/* Its floor: the same items through the team of 2, one item a claim (each
+ * item dispatched on its own through the atomic index, as separate applies
+ * would be), one job per call of up to SQ_ITEMS. */
+static int floor_apply_bulk(long n)
+{
+    int err = sq_floor_init();
+    if (!err)
+        err = team_start(&b_team2, 2);
+    for (long done = 0; done < n && !err;) {
+        long k = n - done < SQ_ITEMS ? n - done : SQ_ITEMS, idx[NSAMPLES];
+        square_mark(b_fl_out, k, idx);
+        err = team_run(&b_team2, 0, b_fl_in, b_fl_out, k, 1, 0);
+        if (!err)
+            err = square_check(b_fl_out, idx);
+        done += k;
+    }
+    return err;
+}
+
+/* pool_new_free_2: mp_pool_new with 2 workers, then mp_pool_free; each
+ * worker's initializer counts itself in the arena, and the count must have
+ * grown by 2 when mp_pool_new returns. */
+static _Atomic long *b_starts; /* in the arena */
+
+static int count_start(void *arg)
+{
+    atomic_fetch_add((_Atomic long *)arg, 1);
+    return 0;
+}
+
+static int mproc_pool_new_free(long n)
+{
+    if (!b_starts && !(b_starts = mp_shared_alloc(64)))
+        return MP_ENOMEM;
+    mp_pool_opts o = {.processes = 2, .initializer = count_start, .initarg = (void *)b_starts};
+    for (long i = 0; i < n; i++) {
+        long before = atomic_load(b_starts);
+        mp_pool *p;
+        int err = mp_pool_new(&p, &o);
+        if (err)
+            return err;
+        long started = atomic_load(b_starts) - before;
+        mp_pool_free(p);
+        if (started != 2)
+            return MP_ESTATE;
+    }
+    return 0;
+}
+
+/* Its floor: fork 2 children that _exit(0), then waitpid both. */
+static int floor_fork2_wait2(long n)
+{
+    for (long i = 0; i < n; i++) {
+        pid_t pid[2];
+        int err = 0, started = 0;
+        for (; started < 2; started++) {
+            if ((pid[started] = fork()) < 0) {
+                err = -errno;
+                break;
+            }
+            if (pid[started] == 0)
+                _exit(0);
+        }
+        for (int k = 0; k < started; k++) {
+            int status;
+            while (waitpid(pid[k], &status, 0) < 0)
+                if (errno != EINTR)
+                    return -errno;
+            if (!err && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
+                err = MP_ESTATE;
+        }
+        if (err)
+            return err;
+    }
+    return 0;
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 struct row {
@@ -1142,6 +1821,22 @@ static const struct row ROWS[] = {
      mproc_pipe_pp_cross, floor_pipe_pp_cross},
     {"pipe_stream_1m", "1 MiB message over a pipe, 1 sender -> 1 receiver: time per message (floor: socketpair, length header)",
      mproc_pipe_stream, floor_pipe_stream},
+    {"pool_map_square_10m", "mp_pool_map of x*x over int64s in the arena, pool of 2, chunksize 0: time per item, up to 10^7 a call (floor: 2 kept processes, futex dispatch, 64k-item chunks by an atomic index)",
+     mproc_map_square, floor_map_square},
+    {"pool_map_square_10m_private", "the same, inputs and outputs in private memory, copied by the pool (floor: the same shared-memory one)",
+     mproc_map_square_private, floor_map_square},
+    {"pool_map_cpu_1ms", "mp_pool_map of ~1 ms CPU items, one worker per CPU: time per item, up to 200 a call (floor: as many kept processes, one item per atomic claim)",
+     mproc_map_cpu, floor_map_cpu},
+    {"pool_map_cpu_1ms_oversub4x", "the same with 4 workers per CPU (floor: one process per CPU, as above)",
+     mproc_map_cpu_over, floor_map_cpu},
+    {"pool_apply_rtt", "mp_pool_apply of x*x on one int64, pool of 2: round trip (floor: request and answer over raw futexes to a helper)",
+     mproc_apply_rtt, floor_rtt},
+    {"pool_apply_rtt_same_cpu", "the same, pool, caller and floor pinned to one CPU",
+     mproc_apply_rtt_same, floor_rtt_same},
+    {"pool_apply_async_bulk", "mp_pool_apply_async of x*x, up to 10^5 submitted then got and freed: time per apply (floor: 2 kept processes, one item per atomic claim)",
+     mproc_apply_bulk, floor_apply_bulk},
+    {"pool_new_free_2", "mp_pool_new with 2 workers + mp_pool_free (floor: fork 2 + waitpid 2)",
+     mproc_pool_new_free, floor_fork2_wait2},
 };
 #define NROWS (sizeof ROWS / sizeof ROWS[0])
 

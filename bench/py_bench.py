@@ -246,6 +246,139 @@ def pipe_stream_1m(n):
     _two_sides("send", n, None, 1 << 20, recv)
 
 
+# ---- pools ------------------------------------------------------------------
+# Pools are made on first use and kept for the whole run (as bench.c does);
+# multiprocessing terminates them at exit. The map rows take n as the number
+# of items (several map calls for a larger n), so their figures are per item.
+
+SQ_ITEMS = 10**7   # the most items of one map call in the square rows
+CPU_ITEMS = 200    # the most items of one map call in the 1 ms rows
+BULK_MAX = 100000  # the most apply_async results outstanding at once
+
+_POOLS = {}
+
+
+def _pool(procs, where=None):
+    """A Pool(procs) made once; where="same": made with this process pinned
+    to one CPU, so that its workers (and its threads) inherit that CPU."""
+    key = (procs, where)
+    if key not in _POOLS:
+        if where:
+            _place(where, 1)
+        try:
+            _POOLS[key] = _fork.Pool(procs)
+        finally:
+            if where:
+                _place(None, 1)
+    return _POOLS[key]
+
+
+def _square(x):
+    return x * x
+
+
+def pool_map_square(n):
+    """Pool(2).map(x * x) over range(k), k up to SQ_ITEMS a call. chunksize
+    k // 8 (which is also Pool's default for 2 workers) was the best of k // 2,
+    k // 8, k // 32, 10**4 and 10**3 measured at k = 10**5 and 10**6 (113 and
+    135 ns an item; k // 32 and 10**4 within 10%, 10**3 40% slower). Python
+    has no arena: the private row is the same."""
+    pool = _pool(2)
+    while n > 0:
+        k = min(n, SQ_ITEMS)
+        out = pool.map(_square, range(k), chunksize=max(1, k // 8))
+        if len(out) != k or out[-1] != (k - 1) ** 2 or out[k // 2] != (k // 2) ** 2:
+            raise RuntimeError("pool_map_square: wrong results")
+        n -= k
+
+
+_LCG_MASK = (1 << 64) - 1
+_BUSY = None  # (steps of about 1 ms of pure Python, the result for x = 1)
+
+
+def _busy(x, iters):
+    """The pure-Python twin of bench.c's busy(): an LCG, iters steps."""
+    for _ in range(iters):
+        x = (x * 6364136223846793005 + 1442695040888963407) & _LCG_MASK
+    return x
+
+
+def _busy_item(iters):
+    return _busy(1, iters)
+
+
+def _busy_init():
+    """How many _busy steps take 1 ms here (the fastest of 5 runs, scaled,
+    three rounds), measured once, as bench.c does for its C loop."""
+    global _BUSY
+    if _BUSY is None:
+        iters = 1 << 10
+        for _ in range(3):
+            best = 1e18
+            for _ in range(5):
+                t0 = time.perf_counter_ns()
+                _busy(1, iters)
+                best = min(best, time.perf_counter_ns() - t0)
+            iters = max(1, int(iters * 1e6 / max(best, 1)))
+        _BUSY = (iters, _busy(1, iters))
+    return _BUSY
+
+
+def _map_cpu(procs):
+    """Pool(procs).map of items of about 1 ms of pure-Python CPU, k up to
+    CPU_ITEMS a call, chunksize 1 (the best for items this long): Python's
+    pool overhead at the same item time as bench.c's (its own 1 ms)."""
+    def row(n):
+        iters, expect = _busy_init()
+        pool = _pool(procs)
+        while n > 0:
+            k = min(n, CPU_ITEMS)
+            out = pool.map(_busy_item, [iters] * k, chunksize=1)
+            if out != [expect] * k:
+                raise RuntimeError("pool_map_cpu: wrong results")
+            n -= k
+    return row
+
+
+def _apply_rtt(where):
+    """pool.apply(x * x, (i,)) round trips, Pool(2); where="same": a pool
+    made pinned to one CPU and this process pinned there for the batch."""
+    def row(n):
+        pool = _pool(2, where)
+        if where:
+            _place(where, 1)
+        try:
+            for i in range(n):
+                if pool.apply(_square, (i,)) != i * i:
+                    raise RuntimeError("pool_apply_rtt: wrong result")
+        finally:
+            if where:
+                _place(None, 1)
+    return row
+
+
+def pool_apply_async_bulk(n):
+    """apply_async(x * x) up to BULK_MAX at a time, then .get() each, Pool(2)."""
+    pool = _pool(2)
+    done = 0
+    while done < n:
+        k = min(n - done, BULK_MAX)
+        rs = [pool.apply_async(_square, (i,)) for i in range(done, done + k)]
+        for i, r in enumerate(rs, done):
+            if r.get() != i * i:
+                raise RuntimeError("pool_apply_async_bulk: wrong result")
+        done += k
+
+
+def pool_new_free_2(n):
+    """Pool(2), then terminate() + join() (as mp_pool_free terminates; close()
+    + join() measured the same, 8.8 ms here)."""
+    for _ in range(n):
+        p = _fork.Pool(2)
+        p.terminate()
+        p.join()
+
+
 # id -> function doing the operation n times; ids as in bench/bench.c.
 ROWS = {
     "process_start_join": process_start_join,
@@ -266,6 +399,14 @@ ROWS = {
     "pipe_pingpong_64b_same_cpu": _pipe_pingpong("same"),
     "pipe_pingpong_64b_cross_cpu": _pipe_pingpong("cross"),
     "pipe_stream_1m": pipe_stream_1m,
+    "pool_map_square_10m": pool_map_square,
+    "pool_map_square_10m_private": pool_map_square,
+    "pool_map_cpu_1ms": _map_cpu(len(os.sched_getaffinity(0))),
+    "pool_map_cpu_1ms_oversub4x": _map_cpu(4 * len(os.sched_getaffinity(0))),
+    "pool_apply_rtt": _apply_rtt(None),
+    "pool_apply_rtt_same_cpu": _apply_rtt("same"),
+    "pool_apply_async_bulk": pool_apply_async_bulk,
+    "pool_new_free_2": pool_new_free_2,
 }
 
 
