@@ -76,6 +76,7 @@
 #define RESTART_GAP_NS 20000000LL /* one per this long (no fork storm) */
 #define IMAP_WINDOW_BYTES ((size_t)64 << 20)
 #define NONE UINT64_MAX
+#define TIMED_LOOK_NS 10000000LL  /* while jobs have a task_timeout: look this often */
 #define SPARE_MAX 2048            /* job blocks this small are kept for reuse, */
 #define SPARE_COUNT 1024          /* this many at most */
 #define BIG_MIN ((size_t)1 << 20) /* and the largest block from this size */
@@ -175,6 +176,7 @@ struct mp_pool {
     _Atomic uint32_t gone; /* every worker has left and the manager ended */
     _Atomic uint32_t terminate_req;
     _Atomic uint32_t broken; /* a replacement's initializer failed */
+    _Atomic uint32_t timed;  /* jobs held with a task_timeout: the manager looks often */
     pid_t owner;
 };
 
@@ -445,6 +447,13 @@ static bool in_arena(const void *ptr, size_t len)
     return b && c >= b && len <= mp__arena_size() && (size_t)(c - b) <= mp__arena_size() - len;
 }
 
+static void kick(mp_pool *p)
+{
+    uint64_t one = 1;
+    ssize_t r = write(p->kick, &one, sizeof one);
+    (void)r;
+}
+
 /* New work: wakes up to `want` sleeping workers. */
 static void wake_some(struct shared *sh, uint64_t want)
 {
@@ -556,6 +565,8 @@ static void reclaim_locked(mp_pool *p, bool all)
 static void job_release(mp_pool *p, struct job *j)
 {
     atomic_store(&j->cancel, 1);
+    if (j->timeout_ns)
+        atomic_fetch_sub(&p->timed, 1);
     pthread_mutex_lock(&p->mu);
     if (j->prev_j)
         j->prev_j->next_j = j->next_j;
@@ -730,6 +741,8 @@ static int publish(mp_pool *p, struct job *j, bool again)
             atomic_store(&sh->tail, tail + 1);
             pthread_mutex_unlock(&p->mu);
             wake_for(p, j);
+            if (!again && j->timeout_ns && atomic_fetch_add(&p->timed, 1) == 0)
+                kick(p); /* a sleeping manager would not see its items' deadlines */
             break;
         }
         pthread_mutex_unlock(&p->mu);
@@ -1013,6 +1026,10 @@ static void *manager_main(void *arg)
             break; /* every worker left (close) */
         pf[k] = (struct pollfd){.fd = p->kick, .events = POLLIN};
         int ms = -1;
+        /* A worker that starts a timed item writes its deadline to its
+         * slot without a system call; while such items may run, look. */
+        if (atomic_load(&p->timed) && now + TIMED_LOOK_NS < wake_at)
+            wake_at = now + TIMED_LOOK_NS;
         if (wake_at != MP__NEVER) {
             int64_t left = wake_at - mp__now_ns();
             ms = left <= 0 ? 0 : (int)(left / 1000000) + 1;
@@ -1064,12 +1081,6 @@ static void *manager_main(void *arg)
     return NULL;
 }
 
-static void kick(mp_pool *p)
-{
-    uint64_t one = 1;
-    ssize_t r = write(p->kick, &one, sizeof one);
-    (void)r;
-}
 
 /* ---- the API ------------------------------------------------------------ */
 

@@ -214,11 +214,15 @@ TEST(async_ready_wait_get_with_timeouts)
     struct gate *g = gate_new();
     int in = -5, out = 0;
     mp_async *a;
-    ASSERT_OK(mp_pool_apply_async(&a, p, gated, &in, sizeof in, &out, sizeof out));
+    int64_t sx = 6, sy = 0;
+    ASSERT_OK(mp_pool_apply_async(&a, p, square, &sx, sizeof sx, &sy, sizeof sy));
+    ASSERT_OK(mp_async_get(a, 30));
+    ASSERT_EQ(sy, 36);
+    mp_async_free(a);
     ASSERT_ERR(mp_pool_map_async(&a, p, gated, &in, sizeof in, &out, sizeof out, 1,
                                  &(mp_map_opts){.ctx = g, .task_timeout = NAN}),
                MP_EINVAL);
-    mp_async_free(a);
+    ASSERT_TRUE(a == NULL);
     ASSERT_OK(mp_pool_map_async(&a, p, gated, &in, sizeof in, &out, sizeof out, 1,
                                 &(mp_map_opts){.ctx = g}));
     await_started(g, 1);
@@ -828,6 +832,37 @@ TEST(a_worker_killed_while_idle_is_replaced)
         ASSERT_OK(mp_pool_map(p, who, NULL, 0, out, sizeof out[0], 50, &(mp_map_opts){.chunksize = 1}));
         for (int i = 0; i < 50; i++)
             ASSERT_TRUE(out[i] > 0);
+    }
+    mp_pool_free(p);
+}
+
+/* An item that starts its hang well after the map began (the manager had
+ * gone back to sleep by then) is still killed at its time. */
+static int late_hang(const void *in, void *out, void *ctx)
+{
+    (void)ctx;
+    int x = *(const int *)in;
+    if (x == 2)
+        usleep(50000);
+    if (x == 3)
+        for (;;)
+            pause();
+    *(int *)out = x;
+    return 0;
+}
+
+TEST(a_hang_that_starts_late_is_still_timed)
+{
+    mp_pool *p = new_pool(2, NULL);
+    for (int round = 0; round < 5; round++) {
+        int in[4] = {0, 1, 2, 3}, out[4], st[4];
+        ASSERT_ERR(mp_pool_map(p, late_hang, in, sizeof(int), out, sizeof(int), 4,
+                               &(mp_map_opts){.chunksize = 1, .status = st, .task_timeout = 0.25}),
+                   MP_ETIMEDOUT);
+        ASSERT_EQ(st[0], 0);
+        ASSERT_EQ(st[1], 0);
+        ASSERT_EQ(st[2], 0);
+        ASSERT_EQ(st[3], MP_ETIMEDOUT);
     }
     mp_pool_free(p);
 }
