@@ -136,3 +136,15 @@ TEST(pipe_hello)
 {
     check_exact("pipe_hello", 20);
 }
+
+TEST(pool_square)
+{
+    check_exact("pool_square", 20);
+}
+
+/* Its count alone goes to stdout; the time taken, and the progress bar
+ * (drawn only when stderr is a terminal), go to stderr. */
+TEST(count_primes)
+{
+    check_exact("count_primes", 20);
+}
