@@ -1113,6 +1113,8 @@ static int floor_pipe_stream(long n)
 #define SQ_ITEMS 10000000L /* the most items of one map call in the square rows */
 #define SQ_CHUNK 65536     /* items a team worker claims at once there */
 #define CPU_ITEMS 200      /* the most items of one map call in the 1 ms rows */
+#define SKEW_ITEMS 1000    /* the skewed row: items of ~10 us, */
+#define SKEW_SLOW 900      /* then from this one on, 100 times slower (~1 ms) */
 #define BULK_MAX 100000    /* the most apply_async results outstanding at once */
 #define TEAM_MAX 64        /* the most processes of a team */
 #define POOL_MAX 1024      /* the most workers of a pool (mp_pool_new's limit) */
@@ -1271,7 +1273,8 @@ static int square_check(const int64_t *out, const long idx[NSAMPLES])
 
 struct team_ctl {
     _Alignas(64) _Atomic uint32_t gen;  /* jobs posted so far; idle workers sleep on it */
-    int cpu;                            /* the job: busy() items (1) or squares (0) */
+    int cpu;                            /* the job: busy() items (1), squares (0), skewed (2) */
+    long split[TEAM_MAX + 1];           /* skewed: process j runs [split[j], split[j + 1]) */
     const int64_t *in;                  /* items [0, n), in chunks of chunk */
     int64_t *out;
     long n, chunk;
@@ -1305,7 +1308,9 @@ static void square_items(const int64_t *restrict in, int64_t *restrict out, long
 
 /* A team process: waits for a job, claims chunks until none is left,
  * counts itself done (waking the caller if it is the last), again. */
-static void team_worker(struct team_ctl *c, int k)
+static uint64_t skew_iters(long i, uint64_t heavy) { return i >= SKEW_SLOW ? heavy : heavy / 100; }
+
+static void team_worker(struct team_ctl *c, int k, int me)
 {
     uint32_t seen = 0;
     for (;;) {
@@ -1316,7 +1321,10 @@ static void team_worker(struct team_ctl *c, int k)
         const int64_t *in = c->in;
         int64_t *out = c->out;
         long n = c->n, chunk = c->chunk;
-        for (long i; (i = atomic_fetch_add(&c->next, 1) * chunk) < n;) {
+        if (c->cpu == 2) /* a static split: no claims at all */
+            for (long i = c->split[me]; i < c->split[me + 1]; i++)
+                out[i] = (int64_t)busy((uint64_t)in[i], skew_iters(i, c->iters));
+        for (long i; c->cpu != 2 && (i = atomic_fetch_add(&c->next, 1) * chunk) < n;) {
             long end = n - i < chunk ? n : i + chunk;
             if (c->cpu)
                 for (; i < end; i++)
@@ -1394,7 +1402,7 @@ static int team_start(struct team *t, int k)
             prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (getppid() != parent)
                 _exit(1);
-            team_worker(c, k);
+            team_worker(c, k, t->k);
             _exit(0);
         }
         t->pid[t->k] = p;
@@ -1573,6 +1581,69 @@ static int floor_map_cpu(long n)
             if (b_fl_out[i] != b_cpu_expect[i])
                 err = MP_ESTATE;
         done += k;
+    }
+    return err;
+}
+
+/* pool_map_skewed: a map whose last items are 100 times slower than the
+ * first (900 items of ~10 us, then 100 of ~1 ms), one worker per CPU,
+ * chunksize 0: time per map of the 1000 items. The floor is the best static
+ * split there is: one contiguous range per process, cut where the known
+ * costs balance, no claims at all. The pool knows nothing of the costs. */
+static int skew_task(const void *in, void *out, void *ctx)
+{
+    long i = (long)*(const int64_t *)in;
+    *(int64_t *)out = (int64_t)busy((uint64_t)i, skew_iters(i, *(const uint64_t *)ctx));
+    return 0;
+}
+
+static int skew_check(const int64_t *out)
+{
+    for (long i = 0; i < SKEW_ITEMS; i += 97)
+        if (out[i] != (int64_t)busy((uint64_t)i, skew_iters(i, *b_iters)))
+            return MP_ESTATE;
+    return 0;
+}
+
+static int mproc_map_skewed(long n)
+{
+    int err = busy_init();
+    if (!err)
+        err = sq_arena_init();
+    if (!err)
+        err = pool_init(&b_pool_cpu, cpu_procs(), ANY_CPU);
+    for (long r = 0; r < n && !err; r++) {
+        err = mp_pool_map(b_pool_cpu, skew_task, b_sq_in, sizeof *b_sq_in, b_sq_out,
+                          sizeof *b_sq_out, SKEW_ITEMS, &(mp_map_opts){.ctx = b_iters});
+        if (!err)
+            err = skew_check(b_sq_out);
+    }
+    return err;
+}
+
+static int floor_map_skewed(long n)
+{
+    int err = busy_init();
+    if (!err)
+        err = sq_floor_init();
+    if (!err)
+        err = team_start(&b_team_cpu, cpu_procs());
+    if (err)
+        return err;
+    struct team_ctl *c = b_team_cpu.c;
+    int k = b_team_cpu.k;
+    double total = SKEW_SLOW + 100.0 * (SKEW_ITEMS - SKEW_SLOW), acc = 0;
+    c->split[0] = 0;
+    for (long i = 0, j = 1; i < SKEW_ITEMS; i++) { /* cut at each k-th of the cost */
+        acc += i >= SKEW_SLOW ? 100 : 1;
+        while (j < k && acc >= total * (double)j / k)
+            c->split[j++] = i + 1;
+    }
+    c->split[k] = SKEW_ITEMS;
+    for (long r = 0; r < n && !err; r++) {
+        err = team_run(&b_team_cpu, 2, b_fl_in, b_fl_out, SKEW_ITEMS, 1, *b_iters);
+        if (!err)
+            err = skew_check(b_fl_out);
     }
     return err;
 }
@@ -1829,6 +1900,8 @@ static const struct row ROWS[] = {
      mproc_map_cpu, floor_map_cpu},
     {"pool_map_cpu_1ms_oversub4x", "the same with 4 workers per CPU (floor: one process per CPU, as above)",
      mproc_map_cpu_over, floor_map_cpu},
+    {"pool_map_skewed", "mp_pool_map, chunksize 0, of 900 items of ~10 us then 100 of ~1 ms, one worker per CPU: time per map (floor: the best static split, one range per process cut where the known costs balance)",
+     mproc_map_skewed, floor_map_skewed},
     {"pool_apply_rtt", "mp_pool_apply of x*x on one int64, pool of 2: round trip (floor: request and answer over raw futexes to a helper)",
      mproc_apply_rtt, floor_rtt},
     {"pool_apply_rtt_same_cpu", "the same, pool, caller and floor pinned to one CPU",
