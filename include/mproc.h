@@ -543,10 +543,12 @@ MP_API void mp_queue_free(mp_queue *q);
  * (MP_ETIMEDOUT for that item). Workers ignore SIGINT (the terminal's
  * Ctrl-C goes to the parent, which decides) and die with the parent.
  *
- * Blocking calls return MP_EINTR on mp_interrupt(). The work they waited on
- * is then cancelled: no new item of it starts, and items already running
- * end in the background (a result of such an item may still be written to
- * out when out is arena memory); the pool stays usable. */
+ * Blocking calls return MP_EINTR on mp_interrupt(), and the pool stays
+ * usable. mp_pool_map and mp_pool_apply then cancel their work: no new item
+ * of it starts, and items already running end in the background (a result
+ * of such an item may still be written to out when out is arena memory).
+ * An interrupted mp_async_wait/get or mp_imap_next leaves the work running
+ * for its handle: wait again, or free the handle to cancel it. */
 typedef struct mp_pool mp_pool;
 typedef struct mp_async mp_async;
 typedef struct mp_imap mp_imap;
@@ -631,7 +633,9 @@ MP_API int mp_pool_imap(mp_imap **it, mp_pool *pool, mp_task fn, const void *in,
 /* The next result into out (out_size bytes; out may be NULL when out_size
  * is 0) and its index into *index (may be NULL): 0, or that item's error
  * (MP_ETASK, MP_EWORKER, MP_ETIMEDOUT; iteration goes on); MP_EDONE after
- * the last; MP_ETIMEDOUT, MP_EINTR (nothing taken), MP_ECLOSED. */
+ * the last; MP_ETIMEDOUT, MP_EINTR, MP_ECLOSED with nothing taken, and then
+ * *index is SIZE_MAX (so an item that ran past task_timeout and a wait
+ * that ran out of time tell themselves apart). */
 MP_API int mp_imap_next(mp_imap *it, void *out, size_t *index, double timeout);
 MP_API void mp_imap_free(mp_imap *it); /* cancels what was not taken */
 

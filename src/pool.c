@@ -1475,8 +1475,11 @@ int mp_imap_next(mp_imap *it, void *out, size_t *index, double timeout)
     }
     if (began)
         mp__wait_end(&w);
-    if (r < 0)
+    if (r < 0) {
+        if (index)
+            *index = SIZE_MAX; /* no item: not to be taken for an item's error */
         return r;
+    }
     uint64_t i = it->at++, slot = i & j->mask;
     if (out && j->out_size)
         memcpy(out, j->out + slot * j->out_size, j->out_size);

@@ -693,8 +693,12 @@ TEST(interrupt_during_imap_and_async_waits)
     x.n = 2;
     t = t_thread(interrupt_when_started, &x);
     int v;
-    ASSERT_ERR(mp_imap_next(it, &v, NULL, 30), MP_EINTR);
+    size_t idx = 0;
+    ASSERT_ERR(mp_imap_next(it, &v, &idx, 30), MP_EINTR);
+    ASSERT_EQ(idx, SIZE_MAX);
     t_join_thread(t);
+    ASSERT_ERR(mp_imap_next(it, &v, &idx, 0.01), MP_ETIMEDOUT);
+    ASSERT_EQ(idx, SIZE_MAX);
     ASSERT_OK(mp_event_set(g->go));
     ASSERT_OK(mp_imap_next(it, &v, NULL, 30));
     ASSERT_EQ(v, 1);
