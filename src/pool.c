@@ -169,6 +169,9 @@ struct mp_pool {
     struct job *spare;  /* freed small blocks kept for the next jobs; mu */
     size_t nspare;
     struct job *big;    /* the last large block, kept: its pages are in place; mu */
+    struct job **reappend; /* jobs with chunks to redo that head had passed: the
+                              manager appends them again when the ring has room; mu */
+    int nreappend, capreappend;
     pthread_t manager;
     bool manager_on;
     bool manager_joined; /* mu */
@@ -551,6 +554,8 @@ static void reclaim_locked(mp_pool *p, bool all)
             held = head <= j->last_pos;
             for (int i = 0; i < p->nproc && !held; i++)
                 held = atomic_load(&p->sh->slots[i].job) == j;
+            for (int i = 0; i < p->nreappend && !held; i++)
+                held = p->reappend[i] == j;
         }
         if (held) {
             pp = &j->next_j;
@@ -854,6 +859,30 @@ static int job_wait(mp_pool *p, struct job *j, int64_t dl, void (*cb)(size_t, si
 
 /* ---- the manager ------------------------------------------------------------ */
 
+/* With mu held: notes that j must go back into the ring. Each job once;
+ * without memory for the note, it waits for room right here (a full ring
+ * empties as the live workers take jobs). */
+static void add_reappend_locked(mp_pool *p, struct job *j)
+{
+    for (int i = 0; i < p->nreappend; i++)
+        if (p->reappend[i] == j)
+            return;
+    if (p->nreappend == p->capreappend) {
+        int cap = p->capreappend * 2;
+        struct job **r = realloc(p->reappend, (size_t)cap * sizeof *r);
+        if (!r) {
+            pthread_mutex_unlock(&p->mu);
+            while (publish(p, j, true) < 0)
+                usleep(1000);
+            pthread_mutex_lock(&p->mu);
+            return;
+        }
+        p->reappend = r;
+        p->capreappend = cap;
+    }
+    p->reappend[p->nreappend++] = j;
+}
+
 /* After the worker in slot id died: settles the chunks it held. */
 static void repair(mp_pool *p, unsigned id)
 {
@@ -892,9 +921,9 @@ static void repair(mp_pool *p, unsigned id)
             atomic_fetch_add(&j->redo, 1);
             pthread_mutex_lock(&p->mu);
             bool passed = atomic_load(&sh->head) > j->last_pos;
+            if (passed) /* held (not freed) until it is back in the ring */
+                add_reappend_locked(p, j);
             pthread_mutex_unlock(&p->mu);
-            if (passed)
-                publish(p, j, true); /* if the ring is full, the workers will pass by it there */
         }
     }
     atomic_store(&s->job, NULL);
@@ -982,6 +1011,21 @@ static void *manager_main(void *arg)
         }
         if (tokens == RESTART_BURST)
             token_at = now;
+        pthread_mutex_lock(&p->mu);
+        int nre = p->nreappend;
+        pthread_mutex_unlock(&p->mu);
+        while (nre > 0) { /* a death's chunks to redo, for jobs head had passed */
+            pthread_mutex_lock(&p->mu);
+            struct job *j = p->reappend[nre - 1];
+            pthread_mutex_unlock(&p->mu);
+            if (publish(p, j, true) < 0) {
+                wake_at = now + RESTART_GAP_NS; /* the ring is full: try again soon */
+                break;
+            }
+            pthread_mutex_lock(&p->mu);
+            p->nreappend = --nre;
+            pthread_mutex_unlock(&p->mu);
+        }
         bool stopping = atomic_load(&sh->stop) != 0;
         for (int i = 0; i < n; i++) {
             if (!due[i])
@@ -1112,6 +1156,7 @@ static void pool_destroy(mp_pool *p)
     pthread_mutex_destroy(&p->mu);
     mp_shared_free(p->sh);
     free(p->procs);
+    free(p->reappend);
     free(p);
 }
 
@@ -1143,9 +1188,11 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *opts)
     p->owner = self_pid;
     pthread_mutex_init(&p->mu, NULL);
     p->procs = calloc((size_t)n, sizeof *p->procs);
+    p->reappend = calloc((size_t)n, sizeof *p->reappend);
+    p->capreappend = n;
     p->sh = mp_shared_alloc(sizeof(struct shared) + (size_t)n * sizeof(struct slot));
     p->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    r = !p->procs || !p->sh ? MP_ENOMEM : p->kick < 0 ? -errno : 0;
+    r = !p->procs || !p->reappend || !p->sh ? MP_ENOMEM : p->kick < 0 ? -errno : 0;
     if (r == 0)
         for (int i = 0; i < n; i++)
             atomic_store(&p->sh->slots[i].item, NONE);
