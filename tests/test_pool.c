@@ -870,3 +870,52 @@ TEST(a_hang_that_starts_late_is_still_timed)
     }
     mp_pool_free(p);
 }
+
+/* Item 17 (in the last chunk, 15..19) dies only once the other worker has
+ * run out of chunks, passed the job in the ring and gone to sleep: the
+ * rest of its chunk (18, 19) must come back into the ring for the
+ * replacement or the sleeper to find. */
+struct late_death {
+    _Atomic int finished;
+    _Atomic pid_t pid[20];
+};
+
+static int die_last(const void *in, void *out, void *ctx)
+{
+    struct late_death *d = ctx;
+    int x = *(const int *)in;
+    atomic_store(&d->pid[x], getpid());
+    if (x == 17) {
+        while (atomic_load(&d->finished) < 17)
+            usleep(1000);
+        pid_t other = 0;
+        for (int i = 0; i < 15 && !other; i++)
+            if (atomic_load(&d->pid[i]) != getpid())
+                other = atomic_load(&d->pid[i]);
+        if (other)
+            t_await_state(other, 'S'); /* through with the job, asleep */
+        raise(SIGKILL);
+    }
+    *(int *)out = x * x;
+    atomic_fetch_add(&d->finished, 1);
+    return 0;
+}
+
+TEST(a_death_in_the_last_chunk_after_the_job_was_passed)
+{
+    mp_pool *p = new_pool(2, NULL);
+    struct late_death *d = mp_shared_alloc(sizeof *d);
+    int in[20], out[20], status[20];
+    for (int i = 0; i < 20; i++)
+        in[i] = i;
+    ASSERT_ERR(mp_pool_map(p, die_last, in, sizeof(int), out, sizeof(int), 20,
+                           &(mp_map_opts){.ctx = d, .status = status, .chunksize = 5}),
+               MP_EWORKER);
+    for (int i = 0; i < 20; i++) {
+        ASSERT_EQ(status[i], i == 17 ? MP_EWORKER : 0);
+        if (i != 17)
+            ASSERT_EQ(out[i], i * i);
+    }
+    mp_shared_free(d);
+    mp_pool_free(p);
+}
