@@ -132,14 +132,15 @@ struct slot {
     _Atomic uint64_t item;               /* the item it runs, or NONE */
     _Atomic int64_t deadline;            /* when that item must end; 0: no limit */
     _Atomic uint32_t state;              /* S_* */
+    _Atomic uint32_t hunt, asleep;       /* counted in hunting, in sleepers (see hunt_on) */
     uint64_t killed_item;                /* manager: the item it killed for time, or NONE */
 };
-enum { S_STARTING, S_READY, S_INIT_FAILED, S_LEFT };
+enum { S_STARTING, S_READY, S_INIT_FAILED, S_LEFT, S_RETIRED };
 
 struct shared {
     alignas(64) _Atomic uint32_t work; /* bumped at each submission, window move, stop */
     _Atomic uint32_t sleepers;         /* workers asleep on work */
-    _Atomic uint32_t hunting;          /* workers awake and looking for a chunk */
+    _Atomic int32_t hunting;           /* workers awake and looking for a chunk */
     _Atomic uint32_t stop;             /* 1: leave when nothing is left (close); 2: now */
     mp__spinner wspin;
     alignas(64) _Atomic uint64_t head;
@@ -353,6 +354,32 @@ static void advance_head(struct shared *sh, uint64_t pos)
     }
 }
 
+/* The counts of hunting and sleeping workers, kept so that a worker killed
+ * at any instruction leaves them wrong only in the harmless direction: a
+ * hunter too few (or a sleeper too many) costs a needless wake; a hunter too
+ * many (or a sleeper too few) would lose one. The slot's flags say what the
+ * manager takes back after a death: a flag is raised before its count goes
+ * up and lowered after it goes down for hunters, and the other way round
+ * for sleepers. */
+static void hunt_on(struct shared *sh, struct slot *me)
+{
+    atomic_store(&me->hunt, 1);
+    atomic_fetch_add(&sh->hunting, 1);
+}
+
+static void hunt_off(struct shared *sh, struct slot *me)
+{
+    atomic_fetch_sub(&sh->hunting, 1);
+    atomic_store(&me->hunt, 0);
+}
+
+static void run_held(struct shared *sh, struct slot *me, struct job *j, uint64_t c, uint64_t from)
+{
+    hunt_off(sh, me);
+    run_chunk(sh, me, j, c, from);
+    hunt_on(sh, me);
+}
+
 /* Finds a chunk and runs it: true if it ran one. */
 static bool work_once(struct shared *sh, struct slot *me, unsigned id)
 {
@@ -360,6 +387,7 @@ static bool work_once(struct shared *sh, struct slot *me, unsigned id)
     for (uint64_t pos = atomic_load(&sh->head); pos < tail; pos++) {
         struct job *j = atomic_load(&sh->ring[pos % RING]);
         if (!j || !hold(sh, me, pos, j)) {
+            atomic_store(&me->job, NULL);
             uint64_t h = atomic_load(&sh->head);
             if (h > pos)
                 pos = h - 1; /* passed meanwhile: go on from head */
@@ -368,19 +396,23 @@ static bool work_once(struct shared *sh, struct slot *me, unsigned id)
         uint64_t c, from;
         int r = claim(j, id, &c, &from);
         if (r == CLAIMED) {
-            atomic_fetch_sub(&sh->hunting, 1);
-            run_chunk(sh, me, j, c, from);
-            atomic_fetch_add(&sh->hunting, 1);
+            run_held(sh, me, j, c, from);
             return true;
         }
-        if (r == EXHAUSTED && pos == atomic_load(&sh->head))
+        if (r == EXHAUSTED && pos == atomic_load(&sh->head)) {
             advance_head(sh, pos);
+            /* A repair may have freed a chunk of j just before we passed
+             * it: it re-appends j only if it saw head past j, and we look
+             * at redo only after moving head, so one of us sees the other. */
+            if (atomic_load(&j->redo) && claim(j, id, &c, &from) == CLAIMED) {
+                run_held(sh, me, j, c, from);
+                return true;
+            }
+        }
         if (r == BLOCKED) {
             atomic_store(&j->wblocked, 1);
             if (claim(j, id, &c, &from) == CLAIMED) { /* the window moved meanwhile */
-                atomic_fetch_sub(&sh->hunting, 1);
-                run_chunk(sh, me, j, c, from);
-                atomic_fetch_add(&sh->hunting, 1);
+                run_held(sh, me, j, c, from);
                 return true;
             }
         }
@@ -411,15 +443,18 @@ static int worker_main(void *arg)
     atomic_fetch_add(&sh->nready, 1);
     mp__futex_wake(&sh->nready, INT32_MAX);
     size_t tasks = 0, max = p->opts.maxtasksperchild;
-    atomic_fetch_add(&sh->hunting, 1);
+    int leave = S_LEFT;
+    hunt_on(sh, me);
     for (;;) {
         uint32_t seen = atomic_load(&sh->work);
         uint32_t stop = atomic_load(&sh->stop);
         if (stop == 2)
             break;
         if (work_once(sh, me, a->id)) {
-            if (max && ++tasks >= max)
+            if (max && ++tasks >= max) {
+                leave = S_RETIRED; /* to be replaced, closed pool or not */
                 break;
+            }
             continue;
         }
         if (stop == 1 && atomic_load(&sh->head) == atomic_load(&sh->tail))
@@ -427,18 +462,20 @@ static int worker_main(void *arg)
         int64_t start;
         if (mp__spin(&sh->wspin, &sh->work, seen, MP__NEVER, &start))
             continue;
-        atomic_fetch_sub(&sh->hunting, 1);
+        hunt_off(sh, me);
         atomic_fetch_add(&sh->sleepers, 1);
+        atomic_store(&me->asleep, 1);
         if (atomic_load(&sh->work) == seen)
             mp__futex_wait(&sh->work, seen, MP__NEVER, NULL);
         bool came = atomic_load(&sh->work) != seen;
+        atomic_store(&me->asleep, 0);
         atomic_fetch_sub(&sh->sleepers, 1);
-        atomic_fetch_add(&sh->hunting, 1);
+        hunt_on(sh, me);
         mp__spin_learn(&sh->wspin, start, came);
     }
-    atomic_fetch_sub(&sh->hunting, 1);
+    hunt_off(sh, me);
     atomic_store(&me->job, NULL);
-    atomic_store(&me->state, S_LEFT);
+    atomic_store(&me->state, (uint32_t)leave);
     return 0;
 }
 
@@ -481,7 +518,8 @@ static void wake_for(mp_pool *p, struct job *j)
     struct shared *sh = p->sh;
     atomic_fetch_add(&sh->work, 1);
     mp__spin_note(&sh->wspin);
-    uint64_t hunting = atomic_load(&sh->hunting), n = (uint64_t)p->nproc;
+    int32_t h = atomic_load(&sh->hunting); /* below 0 after some deaths: see hunt_on */
+    uint64_t hunting = h > 0 ? (uint64_t)h : 0, n = (uint64_t)p->nproc;
     uint64_t queued = atomic_load(&sh->tail) - atomic_load(&sh->head);
     uint64_t need = j->nchunks < n ? j->nchunks : n; /* workers this job can use */
     need = queued > need ? (queued < n ? queued : n) : need;
@@ -570,6 +608,8 @@ static void reclaim_locked(mp_pool *p, bool all)
 static void job_release(mp_pool *p, struct job *j)
 {
     atomic_store(&j->cancel, 1);
+    if (j->imap) /* workers asleep on its window must see it gone (close) */
+        wake_workers(p->sh);
     if (j->timeout_ns)
         atomic_fetch_sub(&p->timed, 1);
     pthread_mutex_lock(&p->mu);
@@ -648,11 +688,18 @@ static int job_new(mp_pool *p, mp_task fn, const struct shape *s, struct job **o
             cs = n / ((uint64_t)p->nproc * 64);
             cs = cs < 1 ? 1 : cs > 1024 ? 1024 : cs;
         }
+        uint64_t n1 = n ? n : 1, all = 1;
+        cs = cs > n1 ? n1 : cs;
+        while (all < n1)
+            all *= 2; /* a window past n would only waste memory */
         uint64_t want = 4 * (uint64_t)p->nproc * cs, w = 256;
         while (w < want)
             w *= 2;
+        w = w > all ? all : w;
         while (w / 2 >= 2 * cs && s->out_size && w * s->out_size > IMAP_WINDOW_BYTES)
             w /= 2;
+        if (s->out_size && w > SIZE_MAX / 2 / s->out_size)
+            return MP_ENOMEM;
         window = w;
     }
     if (cs)
@@ -883,6 +930,22 @@ static void add_reappend_locked(mp_pool *p, struct job *j)
     p->reappend[p->nreappend++] = j;
 }
 
+/* With mu held: whether j is a job of the pool (not a block that was
+ * recycled or freed). */
+static bool job_known_locked(mp_pool *p, struct job *j)
+{
+    for (struct job *k = p->active; k; k = k->next_j)
+        if (k == j)
+            return true;
+    for (struct job *k = p->limbo; k; k = k->next_j)
+        if (k == j)
+            return true;
+    for (int i = 0; i < p->nreappend; i++)
+        if (p->reappend[i] == j)
+            return true;
+    return false;
+}
+
 /* After the worker in slot id died: settles the chunks it held. */
 static void repair(mp_pool *p, unsigned id)
 {
@@ -890,7 +953,20 @@ static void repair(mp_pool *p, unsigned id)
     struct slot *s = &sh->slots[id];
     struct job *j = atomic_load(&s->job);
     uint64_t item = atomic_load(&s->item);
+    /* killed for its time: that item failed, unless it ended just before
+     * the kill and the worker had gone on to another, which is innocent */
     bool timed = s->killed_item != NONE && s->killed_item == item;
+    bool innocent = s->killed_item != NONE && s->killed_item != item;
+    if (atomic_load(&s->hunt))
+        atomic_fetch_sub(&sh->hunting, 1);
+    if (atomic_load(&s->asleep))
+        atomic_fetch_sub(&sh->sleepers, 1);
+    /* A worker dies with a hazard on a job it had not checked yet (hold)
+     * only in a short window; that job may be gone: act on known ones. */
+    pthread_mutex_lock(&p->mu);
+    if (j && !job_known_locked(p, j))
+        j = NULL;
+    pthread_mutex_unlock(&p->mu);
     if (j) {
         atomic_store(&j->repaired, 1); /* before any chunk goes back FREE */
         bool redo = false;
@@ -904,7 +980,9 @@ static void repair(mp_pool *p, unsigned id)
             if (CW_STATE(w) != CW_CLAIMED || CW_SLOT(w) != id)
                 continue;
             uint64_t lo = chunk_lo(j, c), hi = chunk_hi(j, c), from = lo + CW_OFF(w);
-            if (item >= from && item < hi) { /* it died running this item */
+            if (innocent && item >= from && item < hi) {
+                from = item; /* to run again elsewhere */
+            } else if (item >= from && item < hi) { /* it died running this item */
                 if (j->status)
                     j->status[item & j->mask] = timed ? MP_ETIMEDOUT : MP_EWORKER;
                 note_bad(j, item, timed ? BAD_TIME : BAD_WORKER);
@@ -929,6 +1007,8 @@ static void repair(mp_pool *p, unsigned id)
     atomic_store(&s->job, NULL);
     atomic_store(&s->item, NONE);
     atomic_store(&s->deadline, 0);
+    atomic_store(&s->hunt, 0);
+    atomic_store(&s->asleep, 0);
     s->killed_item = NONE;
     atomic_fetch_add(&sh->deaths, 1);
     wake_waiters(sh);
@@ -1030,7 +1110,7 @@ static void *manager_main(void *arg)
         for (int i = 0; i < n; i++) {
             if (!due[i])
                 continue;
-            if (stopping && atomic_load(&sh->head) == atomic_load(&sh->tail)) {
+            if (stopping && atomic_load(&sh->head) == atomic_load(&sh->tail) && nre == 0) {
                 due[i] = false; /* closed and nothing left: no replacement */
                 continue;
             }
@@ -1101,11 +1181,11 @@ static void *manager_main(void *arg)
                 continue;
             }
             repair(p, i);
-            if (state == S_LEFT && code == 0 && atomic_load(&sh->stop))
+            if (state == S_LEFT && code == 0)
                 continue; /* left because the pool closed */
-            due[i] = true;
-            if (state == S_LEFT && code == 0 && tokens < RESTART_BURST)
-                tokens++; /* maxtasksperchild: no crash, no wait */
+            due[i] = true; /* crashed, or retired (maxtasksperchild) */
+            if (state == S_RETIRED && code == 0 && tokens < RESTART_BURST)
+                tokens++; /* not a crash: no wait */
         }
     }
     /* terminate (asked, or the pool broke) or every worker left */

@@ -919,3 +919,119 @@ TEST(a_death_in_the_last_chunk_after_the_job_was_passed)
     mp_shared_free(d);
     mp_pool_free(p);
 }
+
+TEST(close_with_maxtasksperchild_still_finishes_the_work)
+{
+    mp_pool *p = new_pool(2, &(mp_pool_opts){.maxtasksperchild = 1});
+    pid_t out[10];
+    mp_async *a;
+    ASSERT_OK(mp_pool_map_async(&a, p, who, NULL, 0, out, sizeof out[0], 10,
+                                &(mp_map_opts){.chunksize = 1}));
+    ASSERT_OK(mp_pool_close(p));
+    ASSERT_OK(mp_async_get(a, 30));
+    for (int i = 0; i < 10; i++)
+        ASSERT_GT(out[i], 0);
+    ASSERT_OK(mp_pool_join(p, 30));
+    mp_async_free(a);
+    mp_pool_free(p);
+}
+
+TEST(join_after_close_ends_once_a_blocked_imap_is_freed)
+{
+    mp_pool *p = new_pool(2, NULL);
+    enum { N = 100000 };
+    int64_t *in = calloc(N, 8);
+    mp_imap *it;
+    ASSERT_OK(mp_pool_imap(&it, p, square, in, 8, 8, N, NULL, true));
+    int64_t v;
+    ASSERT_OK(mp_imap_next(it, &v, NULL, 30)); /* the window fills, workers wait on it */
+    ASSERT_OK(mp_pool_close(p));
+    ASSERT_ERR(mp_pool_join(p, 0.05), MP_ETIMEDOUT); /* the iterator still holds work */
+    mp_imap_free(it);
+    ASSERT_OK(mp_pool_join(p, 30));
+    free(in);
+    mp_pool_free(p);
+}
+
+TEST(imap_window_never_outgrows_n)
+{
+    mp_pool *p = new_pool(2, NULL);
+    size_t before = mp_shared_usage();
+    int64_t in[10] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    mp_imap *it;
+    ASSERT_OK(mp_pool_imap(&it, p, square, in, 8, 8, 10, &(mp_map_opts){.chunksize = (size_t)1 << 30},
+                           false));
+    ASSERT_LT(mp_shared_usage() - before, (size_t)1 << 20);
+    size_t seen = 0;
+    for (int k = 0; k < 10; k++) {
+        int64_t v;
+        size_t idx;
+        ASSERT_OK(mp_imap_next(it, &v, &idx, 30));
+        ASSERT_EQ(v, (int64_t)(idx * idx));
+        seen |= (size_t)1 << idx;
+    }
+    ASSERT_EQ(seen, (size_t)0x3ff);
+    mp_imap_free(it);
+    mp_pool_free(p);
+}
+
+/* Workers killed at random moments of a stream of applies (hunting,
+ * spinning, asleep, running): afterwards an apply still gets a worker. */
+struct streamer {
+    mp_pool *p;
+    _Atomic int stop;
+    _Atomic pid_t last; /* a worker seen running an apply */
+    int failures;
+};
+
+static int note_pid(const void *in, void *out, void *ctx)
+{
+    (void)in;
+    (void)ctx;
+    *(pid_t *)out = getpid();
+    return 0;
+}
+
+static void *stream_applies(void *arg)
+{
+    struct streamer *s = arg;
+    while (!atomic_load(&s->stop)) {
+        pid_t who_ran = 0;
+        int r = mp_pool_apply(s->p, note_pid, NULL, 0, &who_ran, sizeof who_ran);
+        if (r == 0)
+            atomic_store(&s->last, who_ran);
+        else if (r != MP_EWORKER)
+            s->failures++;
+    }
+    return NULL;
+}
+
+TEST(workers_killed_in_any_state_leave_applies_served)
+{
+    mp_pool *p = new_pool(3, NULL);
+    struct streamer s = {.p = p};
+    pthread_t t = t_thread(stream_applies, &s);
+    unsigned seed = 12345;
+    for (int k = 0; k < 40; k++) {
+        pid_t victim;
+        double end = t_now() + 10 * t_scale();
+        while (!(victim = atomic_exchange(&s.last, 0)))
+            if (t_now() > end)
+                T_FAIL("no apply was served after %d kills", k);
+        usleep(rand_r(&seed) % 2000); /* any state: not a hand-shake, a spread */
+        kill(victim, SIGKILL);
+    }
+    atomic_store(&s.stop, 1);
+    t_join_thread(t);
+    ASSERT_EQ(s.failures, 0);
+    for (int i = 0; i < 20; i++) { /* every worker asleep between these */
+        mp_async *a;
+        pid_t w = 0;
+        ASSERT_OK(mp_pool_apply_async(&a, p, note_pid, NULL, 0, &w, sizeof w));
+        ASSERT_OK(mp_async_get(a, 10));
+        mp_async_free(a);
+        ASSERT_GT(w, 0);
+        usleep(2000);
+    }
+    mp_pool_free(p);
+}
