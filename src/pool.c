@@ -59,6 +59,7 @@
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdalign.h>
 #include <stdint.h>
@@ -107,6 +108,7 @@ struct job {
     _Atomic uint64_t *cw;
     int64_t timeout_ns; /* per item; 0: none */
     bool imap;
+    bool each;          /* signal every chunk's end (imap, or outputs copied as they come) */
     /* claims */
     alignas(64) _Atomic uint64_t next; /* next fresh chunk */
     _Atomic uint64_t limit;            /* items at or past it may not start (imap window) */
@@ -123,6 +125,7 @@ struct job {
     uint32_t deaths_seen;          /* sh->deaths when the truth was last scanned */
     uint64_t scan_from;            /* chunks below it are known DONE */
     size_t size;                   /* of its arena block */
+    bool feed;                     /* inputs still to copy in, chunk by chunk, behind limit */
     bool complete;                 /* seen complete (sticky) */
     struct job *next_j, *prev_j;   /* active list (both), limbo list (next_j) */
 };
@@ -190,6 +193,7 @@ struct mp_async {
     void *out;     /* the caller's, when it is not the job's own */
     int *status;   /* likewise */
     bool finished; /* copied out */
+    uint64_t drained; /* chunks below it are copied out already */
     int result;
     void (*progress)(size_t, size_t, void *);
     void *progress_arg;
@@ -331,7 +335,7 @@ static void run_chunk(struct shared *sh, struct slot *me, struct job *j, uint64_
     atomic_store_explicit(&j->cw[c], CW(CW_DONE, 0, 0), memory_order_release);
     uint64_t total = atomic_fetch_add(&j->committed, i - from) + (i - from);
     atomic_store_explicit(&me->item, NONE, memory_order_relaxed);
-    if (total >= j->n || j->imap || atomic_load_explicit(&j->repaired, memory_order_relaxed))
+    if (total >= j->n || j->each || atomic_load_explicit(&j->repaired, memory_order_relaxed))
         signal_done(sh);
 }
 
@@ -642,11 +646,14 @@ static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
  * fewer than min items; the last ones small, so uneven items balance. */
 static uint64_t guided(uint64_t n, int procs, uint64_t *bounds)
 {
-    uint64_t min = n / ((uint64_t)procs * 256);
+    uint64_t min = n / ((uint64_t)procs * 256), max = (n + 8 * (uint64_t)procs - 1) / (8 * (uint64_t)procs);
     min = min ? min : 1;
     uint64_t k = 0, at = 0;
     while (at < n) {
+        /* at most an eighth of a worker's share at first: copies of private
+         * inputs then reach every worker early (see feed_input) */
         uint64_t left = n - at, size = (left + 2 * (uint64_t)procs - 1) / (2 * (uint64_t)procs);
+        size = size > max ? max : size;
         size = size < min ? min : size;
         size = size > left ? left : size;
         if (bounds)
@@ -729,6 +736,15 @@ static int job_new(mp_pool *p, mp_task fn, const struct shape *s, struct job **o
         size += round_up(nstatus * sizeof(int), 64);
     pthread_mutex_lock(&p->mu);
     char *mem = reuse_locked(p, size, at_bounds);
+    /* The last large job may still wait in limbo for a worker to let go of
+     * it (microseconds): worth a few yields against faulting in new pages. */
+    for (int tries = 0; !mem && size >= BIG_MIN && p->limbo && tries < 200; tries++) {
+        pthread_mutex_unlock(&p->mu);
+        sched_yield();
+        pthread_mutex_lock(&p->mu);
+        reclaim_locked(p, false);
+        mem = reuse_locked(p, size, at_bounds);
+    }
     pthread_mutex_unlock(&p->mu);
     if (!mem) {
         if (!(mem = mp_shared_alloc(size)))
@@ -756,9 +772,11 @@ static int job_new(mp_pool *p, mp_task fn, const struct shape *s, struct job **o
     if (o && o->task_timeout > 0 && j->timeout_ns < 1)
         j->timeout_ns = 1;
     j->imap = s->imap;
-    atomic_store(&j->limit, s->imap ? window : n);
+    j->each = s->imap || (own_out && nchunks > 1);
+    j->feed = copy_in && !s->imap && nchunks > 1;
+    atomic_store(&j->limit, s->imap ? window : j->feed ? 0 : n);
     atomic_store(&j->first_bad, NONE);
-    if (copy_in)
+    if (copy_in && !j->feed)
         memcpy((char *)j->in, s->in, n * s->in_size);
     *out = j;
     return 0;
@@ -874,10 +892,42 @@ static int wait_done(struct shared *sh, uint32_t seen, int64_t dl, mp__waiter *w
     return r == MP_EINTR ? r : 0;
 }
 
-/* Waits for j to finish: 0, MP_ECLOSED, MP_ETIMEDOUT, MP_EINTR. */
-static int job_wait(mp_pool *p, struct job *j, int64_t dl, void (*cb)(size_t, size_t, void *),
-                    void *cb_arg, int64_t *cb_at)
+/* Copies the results of chunks [from, to) that the job kept in its own
+ * memory to the caller's. */
+static void copy_back(mp_async *a, uint64_t from, uint64_t to)
 {
+    struct job *j = a->j;
+    if (from >= to)
+        return;
+    uint64_t lo = chunk_lo(j, from), hi = chunk_hi(j, to - 1);
+    if (a->out && j->out && j->out != a->out)
+        memcpy((char *)a->out + lo * j->out_size, j->out + lo * j->out_size, (hi - lo) * j->out_size);
+    if (a->status && j->status && j->status != a->status)
+        memcpy(a->status + lo, j->status + lo, (hi - lo) * sizeof(int));
+}
+
+/* While a map runs: copies out the finished chunks at the front. */
+static void async_drain(mp_async *a)
+{
+    struct job *j = a->j;
+    if (!j->each || j->imap)
+        return;
+    uint64_t c = a->drained;
+    while (c < j->nchunks && CW_STATE(atomic_load_explicit(&j->cw[c], memory_order_acquire)) == CW_DONE)
+        c++;
+    copy_back(a, a->drained, c);
+    a->drained = c;
+}
+
+/* Waits for a's job to finish, copying out finished chunks meanwhile:
+ * 0, MP_ECLOSED, MP_ETIMEDOUT, MP_EINTR. */
+static int job_wait(mp_async *a, int64_t dl)
+{
+    mp_pool *p = a->pool;
+    struct job *j = a->j;
+    void (*cb)(size_t, size_t, void *) = a->progress;
+    void *cb_arg = a->progress_arg;
+    int64_t *cb_at = &a->progress_at;
     struct shared *sh = p->sh;
     mp__waiter w;
     int r = mp__wait_begin(&w);
@@ -889,6 +939,7 @@ static int job_wait(mp_pool *p, struct job *j, int64_t dl, void (*cb)(size_t, si
             r = MP_ECLOSED;
             break;
         }
+        async_drain(a);
         progress(cb, cb_arg, cb_at, done_items(j), j->n, false);
         int64_t now = mp__now_ns();
         if (dl != MP__NEVER && now >= dl) {
@@ -1317,6 +1368,20 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *opts)
 
 static bool pool_ok(const mp_pool *p) { return p && p->owner == self_pid; }
 
+/* Copies private inputs in, chunk by chunk in the order workers claim
+ * them, each made claimable (limit) as soon as it is there: the workers
+ * start on the first chunk while the rest is copied. */
+static void feed_input(mp_pool *p, struct job *j, const char *src)
+{
+    for (uint64_t c = 0; c < j->nchunks; c++) {
+        uint64_t lo = chunk_lo(j, c), hi = chunk_hi(j, c);
+        memcpy((char *)j->in + lo * j->in_size, src + lo * j->in_size, (hi - lo) * j->in_size);
+        atomic_store(&j->limit, hi);
+        if (atomic_load(&j->wblocked) && atomic_exchange(&j->wblocked, 0))
+            wake_workers(p->sh);
+    }
+}
+
 /* Submits: the job, or a code. */
 static int submit(mp_pool *p, mp_task fn, const struct shape *s, struct job **jp)
 {
@@ -1337,17 +1402,10 @@ static int submit(mp_pool *p, mp_task fn, const struct shape *s, struct job **jp
         mp_shared_free(j);
         return r;
     }
+    if (j->feed)
+        feed_input(p, j, s->in);
     *jp = j;
     return 0;
-}
-
-/* Copies results the job kept in its own memory to the caller's. */
-static void copy_back(struct job *j, void *out, int *status)
-{
-    if (out && j->out && j->out != out)
-        memcpy(out, j->out, j->n * j->out_size);
-    if (status && j->status && j->status != status)
-        memcpy(status, j->status, j->n * sizeof(int));
 }
 
 int mp_pool_map(mp_pool *pool, mp_task fn, const void *in, size_t in_size, void *out,
@@ -1406,7 +1464,7 @@ static void async_finish(mp_async *a)
     if (a->finished)
         return;
     a->finished = true;
-    copy_back(a->j, a->out, a->status);
+    copy_back(a, a->drained, a->j->nchunks);
     a->result = bad_code(atomic_load(&a->j->first_bad));
     progress(a->progress, a->progress_arg, &a->progress_at, a->j->n, a->j->n, true);
 }
@@ -1418,7 +1476,7 @@ int mp_async_wait(mp_async *r, double timeout)
         return MP_EINVAL;
     if (r->finished)
         return 0;
-    int e = job_wait(r->pool, r->j, dl, r->progress, r->progress_arg, &r->progress_at);
+    int e = job_wait(r, dl);
     if (e == 0)
         async_finish(r);
     return e;
