@@ -868,7 +868,7 @@ static uint64_t done_items(struct job *j)
 static void progress(void (*cb)(size_t, size_t, void *), void *arg, int64_t *at, uint64_t done,
                      uint64_t total, bool final)
 {
-    if (!cb)
+    if (!cb || (!final && done >= total)) /* done == total: only the final call says it */
         return;
     int64_t now = final ? 0 : mp__now_ns();
     if (!final && *at && now - *at < PROGRESS_NS)
