@@ -1210,41 +1210,33 @@ static int sq_arena_init(void)
     return 0;
 }
 
-/* Private anonymous memory, as a large malloc gets, marked MADV_DONTFORK:
- * its 160 MB would otherwise make every later fork of the run (the pool and
+/* Two SQ_ITEMS arrays of int64 in one mapping: in = 0, 1, 2..., out = 0.
+ *
+ * Private (MAP_PRIVATE, as a large malloc gets), marked MADV_DONTFORK: its
+ * 160 MB would otherwise make every later fork of the run (the pool and
  * floor rows that fork) copy their page tables, and then cost this process
  * a fault per page at its next write. The pool must not touch it from its
- * workers anyway: it copies such inputs and outputs in the caller. */
-static int sq_private_init(void)
+ * workers anyway: it copies such inputs and outputs in the caller. Shared
+ * (MAP_SHARED): the floor's, seen by its forked team. */
+static int sq_mapped_init(int64_t **in, int64_t **out, int share)
 {
-    if (b_pv_in)
+    if (*in)
         return 0;
     size_t bytes = SQ_ITEMS * sizeof(int64_t);
-    char *p = mmap(NULL, 2 * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *p = mmap(NULL, 2 * bytes, PROT_READ | PROT_WRITE, share | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return -errno;
-    madvise(p, 2 * bytes, MADV_DONTFORK);
+    if (share == MAP_PRIVATE)
+        madvise(p, 2 * bytes, MADV_DONTFORK);
     iota((int64_t *)p);
     memset(p + bytes, 0, bytes);
-    b_pv_out = (int64_t *)(p + bytes);
-    b_pv_in = (int64_t *)p;
+    *out = (int64_t *)(p + bytes);
+    *in = (int64_t *)p;
     return 0;
 }
 
-static int sq_floor_init(void)
-{
-    if (b_fl_in)
-        return 0;
-    size_t bytes = SQ_ITEMS * sizeof(int64_t);
-    char *p = mmap(NULL, 2 * bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return -errno;
-    iota((int64_t *)p);
-    memset(p + bytes, 0, bytes);
-    b_fl_out = (int64_t *)(p + bytes);
-    b_fl_in = (int64_t *)p;
-    return 0;
-}
+static int sq_private_init(void) { return sq_mapped_init(&b_pv_in, &b_pv_out, MAP_PRIVATE); }
+static int sq_floor_init(void) { return sq_mapped_init(&b_fl_in, &b_fl_out, MAP_SHARED); }
 
 /* Checking a k-item square call: before it, a few outputs (first, last,
  * evenly spread, and one that moves from call to call) are set to -1, and

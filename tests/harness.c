@@ -394,3 +394,15 @@ void t_await_state(pid_t tid, char state)
         sched_yield();
     }
 }
+
+int t_await_no_children(double timeout, pid_t *first)
+{
+    double end = t_now() + timeout * t_scale();
+    pid_t kids[16];
+    int n;
+    while ((n = t_children(kids, 16)) > 0 && t_now() < end)
+        usleep(10000);
+    if (n > 0 && first)
+        *first = kids[0];
+    return n;
+}

@@ -144,5 +144,9 @@ int t_in_ns(int flags, int (*fn)(void));
 void t_set_last_pid(pid_t pid);
 /* This process's children (zombies included), up to cap; returns the count. */
 int t_children(pid_t *out, int cap);
+/* Waits up to timeout * t_scale() seconds until this process has no child
+ * (zombies included), polling; returns how many are left, the first in
+ * *first (if any). For handles reaped in the background after a free. */
+int t_await_no_children(double timeout, pid_t *first);
 
 #endif

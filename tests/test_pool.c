@@ -34,11 +34,7 @@ static int fds_now(void)
 static void free_pool_clean(mp_pool *p, int fds_before)
 {
     mp_pool_free(p);
-    pid_t kids[8];
-    int n = 0;
-    for (int tries = 0; tries < 200 && (n = t_children(kids, 8)) > 0; tries++)
-        usleep(10000); /* a detached handle is reaped within a second */
-    ASSERT_EQ(n, 0);
+    ASSERT_EQ(t_await_no_children(2, NULL), 0);
     ASSERT_EQ(t_count_fds(), fds_before);
 }
 
