@@ -46,9 +46,18 @@
  * bumped when a job completes (and at each chunk of an imap); a waker wakes
  * only if a waiter asked (dwant), and clears the flag.
  *
- * Lock rules: pool->mu guards the job lists, the ring's tail, state and the
- * parent-private fields of jobs (last_pos, next_j); never held across a
- * sleep. The manager alone touches the process handles after mp_pool_new.
+ * Private inputs and outputs: a job keeps them in its own block. Inputs are
+ * copied in chunk by chunk behind `limit` (the same fence that holds an
+ * imap's workers inside its window), so workers start on the first chunk
+ * while the parent copies the rest; outputs are copied out by the waiter as
+ * chunks end. Job blocks are recycled rather than freed: small ones (an
+ * apply costs less than an arena allocation and its page faults) and the
+ * largest one (a map's staging keeps its pages).
+ *
+ * Lock rules: pool->mu guards the job lists (active, limbo, spare, big,
+ * reappend), the ring's tail, state and the parent-private fields of jobs
+ * (last_pos, next_j, prev_j); never held across a sleep. The manager alone
+ * touches the process handles after mp_pool_new.
  */
 #include "mproc.h"
 
@@ -637,7 +646,6 @@ struct shape {
     size_t n;
     const mp_map_opts *o;
     bool imap;
-    bool ordered;
 };
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
@@ -666,7 +674,7 @@ static uint64_t guided(uint64_t n, int procs, uint64_t *bounds)
     return k;
 }
 
-static int check_shape(mp_pool *p, mp_task fn, const struct shape *s)
+static int check_shape(const mp_pool *p, mp_task fn, const struct shape *s)
 {
     if (!p || !fn)
         return MP_EINVAL;
@@ -983,7 +991,7 @@ static void add_reappend_locked(mp_pool *p, struct job *j)
 
 /* With mu held: whether j is a job of the pool (not a block that was
  * recycled or freed). */
-static bool job_known_locked(mp_pool *p, struct job *j)
+static bool job_known_locked(const mp_pool *p, const struct job *j)
 {
     for (struct job *k = p->active; k; k = k->next_j)
         if (k == j)
@@ -1435,7 +1443,7 @@ int mp_pool_map_async(mp_async **res, mp_pool *pool, mp_task fn, const void *in,
     mp_async *a = calloc(1, sizeof *a);
     if (!a)
         return MP_ENOMEM;
-    struct shape s = {in, in_size, out, out_size, n, opts, false, false};
+    struct shape s = {in, in_size, out, out_size, n, opts, false};
     int r = submit(pool, fn, &s, &a->j);
     if (r < 0) {
         free(a);
@@ -1556,7 +1564,7 @@ int mp_pool_imap(mp_imap **it, mp_pool *pool, mp_task fn, const void *in, size_t
     mp_imap *m = calloc(1, sizeof *m);
     if (!m)
         return MP_ENOMEM;
-    struct shape s = {in, in_size, NULL, out_size, n, opts, true, ordered};
+    struct shape s = {in, in_size, NULL, out_size, n, opts, true};
     int r = submit(pool, fn, &s, &m->j);
     if (r == 0 && !ordered && !(m->given = calloc(m->j->nchunks ? m->j->nchunks : 1, 1))) {
         job_release(pool, m->j);
