@@ -1,7 +1,9 @@
 /* Pools: map, apply, async, imap; crashes, hangs and timeouts of workers;
  * teardown; bad input. */
 #include "harness.h"
+#include "os/os.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1029,5 +1031,81 @@ TEST(workers_killed_in_any_state_leave_applies_served)
         ASSERT_GT(w, 0);
         usleep(2000);
     }
+    mp_pool_free(p);
+}
+
+/* fork failing (the process limit): pool creation reports it and leaves
+ * nothing behind; a replacement that cannot be forked is tried again
+ * later, and the work goes on meanwhile with the workers left. */
+static _Atomic int forks_to_pass, forks_to_fail; /* pass these, then fail those */
+static pid_t failing_fork(void)
+{
+    if (atomic_fetch_sub(&forks_to_pass, 1) > 0)
+        return fork();
+    if (atomic_fetch_sub(&forks_to_fail, 1) > 0) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return fork();
+}
+
+TEST(fork_failing_at_creation_leaves_nothing)
+{
+    int fds = fds_now();
+    atomic_store(&forks_to_pass, 1); /* the second worker's fork fails */
+    atomic_store(&forks_to_fail, 1);
+    mp__sys.fork = failing_fork;
+    mp_pool *p = (mp_pool *)1;
+    int r = mp_pool_new(&p, &(mp_pool_opts){.processes = 3});
+    mp__sys_reset();
+    ASSERT_LT(r, 0);
+    ASSERT_TRUE(p == NULL);
+    atomic_store(&forks_to_fail, 0);
+    ASSERT_EQ(t_await_no_children(2, NULL), 0);
+    ASSERT_EQ(t_count_fds(), fds);
+}
+
+TEST(a_replacement_that_cannot_be_forked_is_tried_again)
+{
+    static int how = CRASH_KILL; /* before the pool: the workers see it */
+    mp_pool *p = new_pool(2, NULL);
+    atomic_store(&forks_to_pass, 0);
+    atomic_store(&forks_to_fail, 5);
+    mp__sys.fork = failing_fork;
+    int in[20], out[20], status[20];
+    for (int i = 0; i < 20; i++)
+        in[i] = i;
+    ASSERT_ERR(mp_pool_map(p, crashy, in, sizeof(int), out, sizeof(int), 20,
+                           &(mp_map_opts){.ctx = &how, .status = status, .chunksize = 5}),
+               MP_EWORKER);
+    for (int i = 0; i < 20; i++) {
+        ASSERT_EQ(status[i], i == 7 ? MP_EWORKER : 0);
+        if (i != 7)
+            ASSERT_EQ(out[i], i * i);
+    }
+    /* the failures are used up, then a replacement starts: two workers again */
+    double end = t_now() + 20 * t_scale();
+    pid_t seen[2] = {0, 0};
+    while (!seen[1]) {
+        if (t_now() > end)
+            T_FAIL("no replacement after the forks failed (%d left to fail)", atomic_load(&forks_to_fail));
+        struct gate *g = gate_new();
+        int gin[2] = {-1, -2}, gout[2];
+        mp_async *a;
+        ASSERT_OK(mp_pool_map_async(&a, p, gated, gin, sizeof(int), gout, sizeof(int), 2,
+                                    &(mp_map_opts){.ctx = g, .chunksize = 1}));
+        /* both items at once only with two workers */
+        double wait_end = t_now() + 0.2 * t_scale();
+        while (atomic_load(&g->started) < 2 && t_now() < wait_end)
+            usleep(1000);
+        if (atomic_load(&g->started) == 2)
+            seen[1] = 1;
+        ASSERT_OK(mp_event_set(g->go));
+        ASSERT_OK(mp_async_get(a, 30));
+        mp_async_free(a);
+        gate_free(g);
+    }
+    mp__sys_reset();
+    ASSERT_LE(atomic_load(&forks_to_fail), 0);
     mp_pool_free(p);
 }
