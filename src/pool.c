@@ -326,6 +326,16 @@ static void run_chunk(struct shared *sh, struct slot *me, struct job *j, uint64_
     const uint64_t mask = j->mask;
     int *const status = j->status;
     const int64_t tmo = j->timeout_ns;
+    if (!tmo && !status && mask == NONE) { /* the common map: the least per item */
+        uintptr_t ip = in ? (uintptr_t)(in + i * isz) : 0, op = out ? (uintptr_t)(out + i * osz) : 0;
+        for (; i < hi; i++, ip += isz, op += osz) {
+            if (i % 64 == 0 && atomic_load_explicit(&j->cancel, memory_order_relaxed))
+                break;
+            atomic_store_explicit(&me->item, i, memory_order_relaxed); /* read after our death */
+            if (__builtin_expect(fn((const void *)ip, (void *)op, ctx) != 0, 0))
+                note_bad(j, i, BAD_TASK);
+        }
+    }
     for (; i < hi; i++) {
         if (i % 64 == 0 && atomic_load_explicit(&j->cancel, memory_order_relaxed))
             break;
