@@ -447,6 +447,14 @@ TEST(task_returning_nonzero_gives_etask_and_status)
         ASSERT_EQ(out[i], i);
         ASSERT_EQ(status[i], i % 2 ? 40 + i : 0);
     }
+    memset(out, 0, sizeof out); /* without status: the first failure is still reported */
+    ASSERT_ERR(mp_pool_map(p, fail_odd, in, sizeof(int), out, sizeof(int), 10,
+                           &(mp_map_opts){.chunksize = 3}),
+               MP_ETASK);
+    for (int i = 0; i < 10; i++)
+        ASSERT_EQ(out[i], i);
+    int even[3] = {0, 2, 4};
+    ASSERT_OK(mp_pool_map(p, fail_odd, even, sizeof(int), out, sizeof(int), 3, NULL));
     int one = 3, o;
     ASSERT_ERR(mp_pool_apply(p, fail_odd, &one, sizeof one, &o, sizeof o), MP_ETASK);
     mp_pool_free(p);
