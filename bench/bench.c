@@ -1982,7 +1982,7 @@ static void bench_row(const struct row *r, int repeats, double batch_ms)
         t_mproc[i] = run_batch(r, r->mproc_fn, n_mproc) / (double)n_mproc;
         t_floor[i] = run_batch(r, r->floor_fn, n_floor) / (double)n_floor;
     }
-    printf("ROW\t%s\t%s\t%.1f\t%.1f\n", r->id, r->description,
+    printf("ROW\t%s\t%s\t%.4g\t%.4g\n", r->id, r->description,
            median(t_mproc, repeats), median(t_floor, repeats));
     fflush(stdout);
 }
