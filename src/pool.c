@@ -88,7 +88,7 @@
 #define NONE UINT64_MAX
 #define TIMED_LOOK_NS 10000000LL  /* while jobs have a task_timeout: look this often */
 #define SPARE_MAX 2048            /* job blocks this small are kept for reuse, */
-#define SPARE_COUNT 1024          /* this many at most */
+#define SPARE_COUNT RING          /* this many at most (a ring full of applies: ~4 MiB) */
 #define BIG_MIN ((size_t)1 << 20) /* and the largest block from this size */
 
 /* chunk words: state (2 bits), slot (16), offset of the first item left (46) */
