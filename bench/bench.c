@@ -1847,6 +1847,8 @@ struct row {
 static const struct row ROWS[] = {
     {"process_start_join", "new + start + join + free a process that returns 0",
      mproc_start_join, floor_fork_wait},
+    {"pool_new_free_2", "mp_pool_new with 2 workers + mp_pool_free, run early, before the map rows' 500 MB of buffers make every fork dearer (floor: fork 2 + waitpid 2)",
+     mproc_pool_new_free, floor_fork2_wait2},
     {"cpu_count", "number of online CPUs", mproc_cpu_count, floor_sysconf},
     {"lock_uncontended", "lock + unlock, no contention (floor: robust pshared mutex)",
      mproc_lock_uncontended, floor_robust_uncontended},
@@ -1900,8 +1902,6 @@ static const struct row ROWS[] = {
      mproc_apply_rtt_same, floor_rtt_same},
     {"pool_apply_async_bulk", "mp_pool_apply_async of x*x, up to 10^5 submitted then got and freed: time per apply (floor: 2 kept processes, one item per atomic claim)",
      mproc_apply_bulk, floor_apply_bulk},
-    {"pool_new_free_2", "mp_pool_new with 2 workers + mp_pool_free (floor: fork 2 + waitpid 2)",
-     mproc_pool_new_free, floor_fork2_wait2},
 };
 #define NROWS (sizeof ROWS / sizeof ROWS[0])
 
