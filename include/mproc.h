@@ -589,7 +589,8 @@ MP_API int mp_pool_new(mp_pool **out, const mp_pool_opts *opts);
  * [0, n). in may be NULL when in_size is 0, out when out_size is 0. Returns
  * once every item is done: 0, or the error of the first failed item by
  * index (MP_ETASK, MP_EWORKER, MP_ETIMEDOUT); out holds every successful
- * item's result, status (if given) every item's outcome. Starmap is map
+ * item's result (what a failed item's place holds is unspecified), status
+ * (if given) every item's outcome. Starmap is map
  * over an array of structs. A side without data passes NULL and 0 (the task
  * gets NULL there). MP_EINVAL: NULL pool or fn, a pointer with size 0 or a
  * size with a NULL pointer (n > 0), n * size overflowing, bad opts (a NaN

@@ -90,6 +90,7 @@
 #define SPARE_MAX 2048            /* job blocks this small are kept for reuse, */
 #define SPARE_COUNT RING          /* this many at most (a ring full of applies: ~4 MiB) */
 #define BIG_MIN ((size_t)1 << 20) /* and the largest block from this size */
+#define BIG_WAIT_NS 200000LL      /* how long a new job waits for it to be let go of */
 
 /* chunk words: state (2 bits), slot (16), offset of the first item left (46) */
 enum { CW_FREE = 0, CW_CLAIMED = 1, CW_DONE = 2 };
@@ -219,6 +220,7 @@ struct mp_imap {
     uint64_t at;      /* next item of cur */
     uint64_t taken;   /* items delivered */
     uint8_t *given;   /* unordered: chunks wholly delivered */
+    bool final;       /* the final progress call was made */
     void (*progress)(size_t, size_t, void *);
     void *progress_arg;
     int64_t progress_at;
@@ -586,7 +588,9 @@ static char *reuse_locked(mp_pool *p, size_t size, size_t zero)
 {
     struct job *j = NULL;
     if (size <= SPARE_MAX) {
-        for (struct job **pp = &p->spare; *pp; pp = &(*pp)->next_j)
+        /* a few looks: a list full of smaller blocks must not cost a walk */
+        int looks = 0;
+        for (struct job **pp = &p->spare; *pp && looks < 8; pp = &(*pp)->next_j, looks++)
             if ((*pp)->size >= size) {
                 j = *pp;
                 *pp = j->next_j;
@@ -603,6 +607,17 @@ static char *reuse_locked(mp_pool *p, size_t size, size_t zero)
     memset(j, 0, zero);
     j->size = have;
     return (char *)j;
+}
+
+/* With mu held: whether a let-go job's block would serve a job of size
+ * bytes as `big` once the hazard on it goes (head has passed it). */
+static bool big_in_limbo_locked(const mp_pool *p, size_t size)
+{
+    uint64_t head = atomic_load(&p->sh->head);
+    for (const struct job *j = p->limbo; j; j = j->next_j)
+        if (j->size >= size && j->size / 2 <= size && head > j->last_pos)
+            return true;
+    return false;
 }
 
 /* With mu held: frees the jobs let go of that no worker can reach. */
@@ -662,14 +677,15 @@ static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 /* Guided chunks: each about what is left over twice the workers, never
  * fewer than min items; the last ones small, so uneven items balance. */
-static uint64_t guided(uint64_t n, int procs, uint64_t *bounds)
+static uint64_t guided(uint64_t n, int procs, bool feed, uint64_t *bounds)
 {
     uint64_t min = n / ((uint64_t)procs * 256), max = (n + 8 * (uint64_t)procs - 1) / (8 * (uint64_t)procs);
+    max = feed ? (max < 1024 ? 1024 : max) : n;
     min = min ? min : 1;
     uint64_t k = 0, at = 0;
     while (at < n) {
-        /* at most an eighth of a worker's share at first: copies of private
-         * inputs then reach every worker early (see feed_input) */
+        /* when inputs are fed in, at most an eighth of a worker's share at
+         * first: the copies then reach every worker early (see feed_input) */
         uint64_t left = n - at, size = (left + 2 * (uint64_t)procs - 1) / (2 * (uint64_t)procs);
         size = size > max ? max : size;
         size = size < min ? min : size;
@@ -727,13 +743,13 @@ static int job_new(mp_pool *p, mp_task fn, const struct shape *s, struct job **o
             return MP_ENOMEM;
         window = w;
     }
+    bool copy_in = s->in_size && n && !in_arena(s->in, n * s->in_size);
     if (cs)
         nchunks = n ? (n + cs - 1) / cs : 0;
     else
-        nchunks = guided(n, p->nproc, NULL);
+        nchunks = guided(n, p->nproc, copy_in && !s->imap, NULL);
     if (nchunks > (uint64_t)1 << 40)
         return MP_ENOMEM;
-    bool copy_in = s->in_size && n && !in_arena(s->in, n * s->in_size);
     uint64_t nout = s->imap ? window : n;
     bool own_out = s->out_size && nout && (s->imap || !in_arena(s->out, n * s->out_size));
     bool own_status = s->imap ? true : o && o->status && !in_arena(o->status, n * sizeof(int));
@@ -755,8 +771,16 @@ static int job_new(mp_pool *p, mp_task fn, const struct shape *s, struct job **o
     pthread_mutex_lock(&p->mu);
     char *mem = reuse_locked(p, size, at_bounds);
     /* The last large job may still wait in limbo for a worker to let go of
-     * it (microseconds): worth a few yields against faulting in new pages. */
-    for (int tries = 0; !mem && size >= BIG_MIN && p->limbo && tries < 200; tries++) {
+     * it (its hazard: microseconds): worth a short wait against faulting in
+     * new pages. Only for a block that would fit and that only a hazard
+     * holds (head has passed it), and at most BIG_WAIT_NS. */
+    int64_t until = 0;
+    while (!mem && size >= BIG_MIN && big_in_limbo_locked(p, size)) {
+        int64_t now = mp__now_ns();
+        if (!until)
+            until = now + BIG_WAIT_NS;
+        else if (now >= until)
+            break;
         pthread_mutex_unlock(&p->mu);
         sched_yield();
         pthread_mutex_lock(&p->mu);
@@ -784,7 +808,7 @@ static int job_new(mp_pool *p, mp_task fn, const struct shape *s, struct job **o
     j->cw = (_Atomic uint64_t *)(mem + at_cw);
     if (!cs) {
         j->bounds = (uint64_t *)(mem + at_bounds);
-        guided(n, p->nproc, j->bounds);
+        guided(n, p->nproc, copy_in && !s->imap, j->bounds);
     }
     j->timeout_ns = o && o->task_timeout > 0 ? (int64_t)(o->task_timeout * 1e9) : 0;
     if (o && o->task_timeout > 0 && j->timeout_ns < 1)
@@ -1640,7 +1664,10 @@ int mp_imap_next(mp_imap *it, void *out, size_t *index, double timeout)
         return MP_EINVAL;
     struct job *j = it->j;
     if (it->taken == j->n) {
-        progress(it->progress, it->progress_arg, &it->progress_at, j->n, j->n, true);
+        if (!it->final) { /* n == 0: no last item made the final call */
+            it->final = true;
+            progress(it->progress, it->progress_arg, &it->progress_at, j->n, j->n, true);
+        }
         return MP_EDONE;
     }
     struct shared *sh = it->pool->sh;
@@ -1667,7 +1694,7 @@ int mp_imap_next(mp_imap *it, void *out, size_t *index, double timeout)
         }
         if (!began) {
             if ((r = mp__wait_begin(&w)) < 0)
-                return r;
+                break;
             began = true;
         }
         int64_t until = dl;
@@ -1701,8 +1728,10 @@ int mp_imap_next(mp_imap *it, void *out, size_t *index, double timeout)
                 it->base++;
         imap_slide(it);
     }
-    if (it->taken == j->n)
+    if (it->taken == j->n) {
+        it->final = true;
         progress(it->progress, it->progress_arg, &it->progress_at, j->n, j->n, true);
+    }
     if (st == 0)
         return 0;
     return st == MP_EWORKER || st == MP_ETIMEDOUT ? st : MP_ETASK;

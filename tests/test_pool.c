@@ -1117,3 +1117,40 @@ TEST(a_replacement_that_cannot_be_forked_is_tried_again)
     ASSERT_LE(atomic_load(&forks_to_fail), 0);
     mp_pool_free(p);
 }
+
+TEST(imap_progress_ends_once_and_a_pending_interrupt_sets_no_index)
+{
+    mp_pool *p = new_pool(2, NULL);
+    int64_t in[100];
+    for (int i = 0; i < 100; i++)
+        in[i] = i;
+    struct seen_progress s = {0};
+    mp_imap *it;
+    ASSERT_OK(mp_pool_imap(&it, p, square, in, 8, 8, 100,
+                           &(mp_map_opts){.progress = note_progress, .progress_arg = &s}, false));
+    int64_t v;
+    size_t idx = 7;
+    mp_interrupt(); /* pending before the call waits: nothing taken */
+    int r = mp_imap_next(it, &v, &idx, 30);
+    if (r == MP_EINTR)
+        ASSERT_EQ(idx, SIZE_MAX);
+    else
+        ASSERT_OK(r); /* a result was there already: no wait, the interrupt stays */
+    while ((r = mp_imap_next(it, &v, &idx, 30)) != MP_EDONE) {
+        if (r == MP_EINTR)
+            continue;
+        ASSERT_OK(r);
+    }
+    ASSERT_ERR(mp_imap_next(it, &v, &idx, 30), MP_EDONE);
+    ASSERT_EQ(s.finals, 1);
+    ASSERT_EQ(s.last, 100);
+    mp_imap_free(it);
+    struct seen_progress z = {0}; /* n == 0: one final call too */
+    ASSERT_OK(mp_pool_imap(&it, p, square, NULL, 0, 0, 0,
+                           &(mp_map_opts){.progress = note_progress, .progress_arg = &z}, true));
+    ASSERT_ERR(mp_imap_next(it, NULL, NULL, 1), MP_EDONE);
+    ASSERT_ERR(mp_imap_next(it, NULL, NULL, 1), MP_EDONE);
+    ASSERT_EQ(z.finals, 1);
+    mp_imap_free(it);
+    mp_pool_free(p);
+}
