@@ -69,6 +69,9 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 #include <signal.h>
 #include <stdalign.h>
 #include <stdint.h>
@@ -934,6 +937,37 @@ static int wait_done(struct shared *sh, uint32_t seen, int64_t dl, mp__waiter *w
     return r == MP_EINTR ? r : 0;
 }
 
+/* memcpy for the large copies of private data: streaming stores skip
+ * reading the destination's lines into the cache first, and leave the
+ * cache to the workers. */
+static void copy_large(void *dst, const void *src, size_t len)
+{
+#if defined(__x86_64__)
+    if (len >= ((size_t)256 << 10)) {
+        char *d = dst;
+        const char *s = src;
+        size_t head = (16 - ((uintptr_t)d & 15)) & 15;
+        memcpy(d, s, head);
+        d += head, s += head, len -= head;
+        size_t body = len & ~(size_t)63;
+        for (size_t i = 0; i < body; i += 64) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(s + i));
+            __m128i b = _mm_loadu_si128((const __m128i *)(s + i + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 32));
+            __m128i e = _mm_loadu_si128((const __m128i *)(s + i + 48));
+            _mm_stream_si128((__m128i *)(d + i), a);
+            _mm_stream_si128((__m128i *)(d + i + 16), b);
+            _mm_stream_si128((__m128i *)(d + i + 32), c);
+            _mm_stream_si128((__m128i *)(d + i + 48), e);
+        }
+        _mm_sfence();
+        memcpy(d + body, s + body, len - body);
+        return;
+    }
+#endif
+    memcpy(dst, src, len);
+}
+
 /* Copies the results of chunks [from, to) that the job kept in its own
  * memory to the caller's. */
 static void copy_back(mp_async *a, uint64_t from, uint64_t to)
@@ -943,7 +977,7 @@ static void copy_back(mp_async *a, uint64_t from, uint64_t to)
         return;
     uint64_t lo = chunk_lo(j, from), hi = chunk_hi(j, to - 1);
     if (a->out && j->out && j->out != a->out)
-        memcpy((char *)a->out + lo * j->out_size, j->out + lo * j->out_size, (hi - lo) * j->out_size);
+        copy_large((char *)a->out + lo * j->out_size, j->out + lo * j->out_size, (hi - lo) * j->out_size);
     if (a->status && j->status && j->status != a->status)
         memcpy(a->status + lo, j->status + lo, (hi - lo) * sizeof(int));
 }
@@ -1417,7 +1451,7 @@ static void feed_input(mp_pool *p, struct job *j, const char *src)
 {
     for (uint64_t c = 0; c < j->nchunks; c++) {
         uint64_t lo = chunk_lo(j, c), hi = chunk_hi(j, c);
-        memcpy((char *)j->in + lo * j->in_size, src + lo * j->in_size, (hi - lo) * j->in_size);
+        copy_large((char *)j->in + lo * j->in_size, src + lo * j->in_size, (hi - lo) * j->in_size);
         atomic_store(&j->limit, hi);
         if (atomic_load(&j->wblocked) && atomic_exchange(&j->wblocked, 0))
             wake_workers(p->sh);
