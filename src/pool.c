@@ -333,12 +333,13 @@ static void run_chunk(struct shared *sh, struct slot *me, struct job *j, uint64_
     const int64_t tmo = j->timeout_ns;
     if (!tmo && !status && mask == NONE) { /* the common map: the least per item */
         uintptr_t ip = in ? (uintptr_t)(in + i * isz) : 0, op = out ? (uintptr_t)(out + i * osz) : 0;
-        for (; i < hi; i++, ip += isz, op += osz) {
-            if (i % 64 == 0 && atomic_load_explicit(&j->cancel, memory_order_relaxed))
-                break;
-            atomic_store_explicit(&me->item, i, memory_order_relaxed); /* read after our death */
-            if (__builtin_expect(fn((const void *)ip, (void *)op, ctx) != 0, 0))
-                note_bad(j, i, BAD_TASK);
+        while (i < hi && !atomic_load_explicit(&j->cancel, memory_order_relaxed)) {
+            uint64_t end = hi - i > 64 ? i + 64 : hi; /* cancel is looked at every 64 */
+            for (; i < end; i++, ip += isz, op += osz) {
+                atomic_store_explicit(&me->item, i, memory_order_relaxed); /* read after our death */
+                if (__builtin_expect(fn((const void *)ip, (void *)op, ctx) != 0, 0))
+                    note_bad(j, i, BAD_TASK);
+            }
         }
     }
     for (; i < hi; i++) {
