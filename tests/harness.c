@@ -406,3 +406,11 @@ int t_await_no_children(double timeout, pid_t *first)
         *first = kids[0];
     return n;
 }
+
+int t_count_fds_after_a_pool(void)
+{
+    mp_pool *p;
+    ASSERT_OK(mp_pool_new(&p, &(mp_pool_opts){.processes = 1}));
+    mp_pool_free(p);
+    return t_count_fds();
+}

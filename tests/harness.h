@@ -128,6 +128,11 @@ bool t_wait_gone(pid_t pid, double timeout);
 bool t_pid_alive(pid_t pid);
 
 int t_count_fds(void);
+/* The descriptors open after a first pool has come and gone: a process
+ * keeps one descriptor for interruptible waits, made at first use, so
+ * counts taken before and after a pool case compare alike. Fails the case
+ * if the pool cannot be made. */
+int t_count_fds_after_a_pool(void);
 
 /* Ends the case as skipped (CTest: exit status 77), printing why. */
 __attribute__((noreturn, format(printf, 1, 2))) void t_skip(const char *fmt, ...);

@@ -402,15 +402,6 @@ static mp_pool *new_pool(int n)
     return p;
 }
 
-/* The descriptors open after a first pool has come and gone (a process
- * keeps one for interruptible waits, made at first use). */
-static int fds_now_after_warm_up(void)
-{
-    mp_pool *p = new_pool(1);
-    mp_pool_free(p);
-    return t_count_fds();
-}
-
 static struct round random_round(unsigned *seed, int r)
 {
     static const size_t sizes[] = {1, 2, 3, 10, 100, 1000, 5000};
@@ -491,7 +482,7 @@ TEST(kills_inside_chunks_rerun_the_rest_elsewhere)
 TEST(pool_is_clean_after_the_torture)
 {
     board_new();
-    int fds = fds_now_after_warm_up();
+    int fds = t_count_fds_after_a_pool();
     size_t usage = mp_shared_usage();
     mp_pool *p = new_pool(3);
     struct totals t = {0};

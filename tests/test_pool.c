@@ -23,15 +23,6 @@ static mp_pool *new_pool(int n, const mp_pool_opts *o)
     return p;
 }
 
-/* The descriptors open now, after a first pool has come and gone: a
- * process keeps one descriptor for interruptible waits, made at first use. */
-static int fds_now(void)
-{
-    mp_pool *p = new_pool(1, NULL);
-    mp_pool_free(p);
-    return t_count_fds();
-}
-
 /* Frees the pool and checks that it left no child and no descriptor. */
 static void free_pool_clean(mp_pool *p, int fds_before)
 {
@@ -403,7 +394,7 @@ TEST(initializer_runs_once_per_worker)
 TEST(initializer_failing_fails_pool_new)
 {
     init_count = mp_shared_alloc(sizeof *init_count);
-    int fds = fds_now();
+    int fds = t_count_fds_after_a_pool();
     mp_pool *p = (mp_pool *)1;
     ASSERT_ERR(mp_pool_new(&p, &(mp_pool_opts){.processes = 2, .initializer = initializer,
                                                  .initarg = (void *)1}),
@@ -483,7 +474,7 @@ static int crashy(const void *in, void *out, void *ctx)
 
 static void crash_case(int how)
 {
-    int fds = fds_now();
+    int fds = t_count_fds_after_a_pool();
     mp_pool *p = new_pool(2, NULL);
     enum { N = 20 };
     int in[N], out[N], status[N];
@@ -550,7 +541,7 @@ static int spin_forever(const void *in, void *out, void *ctx)
 
 TEST(terminate_while_busy_is_prompt_and_ends_the_results)
 {
-    int fds = fds_now();
+    int fds = t_count_fds_after_a_pool();
     mp_pool *p = new_pool(2, NULL);
     mp_async *a;
     ASSERT_OK(mp_pool_map_async(&a, p, spin_forever, NULL, 0, NULL, 0, 4, NULL));
@@ -568,7 +559,7 @@ TEST(terminate_while_busy_is_prompt_and_ends_the_results)
 
 TEST(free_of_a_busy_pool_is_bounded)
 {
-    int fds = fds_now();
+    int fds = t_count_fds_after_a_pool();
     mp_pool *p = new_pool(3, NULL);
     mp_async *a;
     ASSERT_OK(mp_pool_map_async(&a, p, spin_forever, NULL, 0, NULL, 0, 6, NULL));
@@ -720,7 +711,7 @@ TEST(interrupt_during_imap_and_async_waits)
 
 TEST(close_then_join_waits_for_the_work)
 {
-    int fds = fds_now();
+    int fds = t_count_fds_after_a_pool();
     mp_pool *p = new_pool(2, NULL);
     ASSERT_ERR(mp_pool_join(p, 0), MP_ESTATE);
     enum { N = 10000 };
@@ -1059,7 +1050,7 @@ static pid_t failing_fork(void)
 
 TEST(fork_failing_at_creation_leaves_nothing)
 {
-    int fds = fds_now();
+    int fds = t_count_fds_after_a_pool();
     atomic_store(&forks_to_pass, 1); /* the second worker's fork fails */
     atomic_store(&forks_to_fail, 1);
     mp__sys.fork = failing_fork;
