@@ -629,7 +629,7 @@ static struct tcache *tcache_get(void)
     struct tcache *t = tc;
     if (t || !A.h)
         return t;
-    if (!(t = calloc(1, sizeof *t)))
+    if (!(t = mp__sys.calloc(1, sizeof *t)))
         return NULL;
     for (unsigned c = 0; c < NCLASS; c++)
         t->bin[c].cap = ccache[c];

@@ -194,7 +194,7 @@ static int wait_io(int fd, short events, int64_t dl, mp__waiter *w)
 
 static mp_conn *conn_new(int fd, bool readable, bool writable)
 {
-    mp_conn *c = calloc(1, sizeof *c);
+    mp_conn *c = mp__sys.calloc(1, sizeof *c);
     if (c) {
         c->fd = fd;
         c->readable = readable;
@@ -209,7 +209,7 @@ int mp_pipe(mp_conn **a, mp_conn **b, bool duplex)
         return MP_EINVAL;
     *a = *b = NULL;
     int fds[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
+    if (mp__sys.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
         return -errno;
     mp_conn *x = conn_new(fds[0], true, duplex), *y = conn_new(fds[1], duplex, true);
     if (!x || !y) {
@@ -278,7 +278,7 @@ static int write_frame(mp_conn *c, const char *payload, uint64_t len, uint64_t t
         struct iovec iov[ZEROS + 2];
         struct msghdr mh = {.msg_iov = iov};
         mh.msg_iovlen = (size_t)frame_iov(iov, &hdr, payload, len, &trl, *done);
-        ssize_t m = sendmsg(c->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t m = mp__sys.sendmsg(c->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (m >= 0) {
             if ((*done += (uint64_t)m) == total)
                 return 0;
@@ -367,7 +367,7 @@ static int read_body(mp_conn *c, char *dst, int64_t dl, mp__waiter *w)
             uint64_t t = got > len ? got - len : 0;
             iov[k++] = (struct iovec){c->trl + t, 8 - t};
         }
-        ssize_t m = recvmsg(c->fd, &(struct msghdr){.msg_iov = iov, .msg_iovlen = (size_t)k},
+        ssize_t m = mp__sys.recvmsg(c->fd, &(struct msghdr){.msg_iov = iov, .msg_iovlen = (size_t)k},
                             MSG_DONTWAIT);
         if (m > 0) {
             c->got += (uint64_t)m;
@@ -442,11 +442,11 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
             if (!out && len > cap)
                 return MP_EMSGSIZE;
             dst = ubuf;
-            if (out && !(dst = malloc(len ? len : 1)))
+            if (out && !(dst = mp__sys.malloc(len ? len : 1)))
                 return MP_ENOMEM;
             uint64_t hdr, trl;
             struct iovec iov[3] = {{&hdr, 8}, {dst, len}, {&trl, 8}};
-            ssize_t m = recvmsg(c->fd, &(struct msghdr){.msg_iov = iov, .msg_iovlen = 3},
+            ssize_t m = mp__sys.recvmsg(c->fd, &(struct msghdr){.msg_iov = iov, .msg_iovlen = 3},
                                 MSG_DONTWAIT);
             if (m == (ssize_t)(len + 16)) { /* the common case: it was all there */
                 if (trl != 0) {
@@ -502,7 +502,7 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
             } else {
                 if (c->len > MAX_LEN)
                     return -EPROTO;
-                if (!(dst = realloc(c->data, c->len ? c->len : 1)))
+                if (!(dst = mp__sys.realloc(c->data, c->len ? c->len : 1)))
                     return MP_ENOMEM;
                 c->data = dst;
             }
@@ -532,7 +532,7 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
          * (alloc: c->data is dst already). */
         uint64_t have = c->got < c->len ? c->got : c->len;
         if (!out && dst && have) {
-            char *p = realloc(c->data, have);
+            char *p = mp__sys.realloc(c->data, have);
             if (!p) {
                 free(c->data);
                 c->data = NULL;
@@ -621,7 +621,7 @@ int mp_wait(const int *fds, size_t n, bool *ready, double timeout)
     if (ready)
         memset(ready, 0, n * sizeof *ready);
     struct pollfd stack[WAIT_FDS_ON_STACK + 1], *pf = stack;
-    if (n > WAIT_FDS_ON_STACK && !(pf = malloc((n + 1) * sizeof *pf)))
+    if (n > WAIT_FDS_ON_STACK && !(pf = mp__sys.malloc((n + 1) * sizeof *pf)))
         return MP_ENOMEM;
     for (size_t i = 0; i < n; i++)
         pf[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};

@@ -519,7 +519,7 @@ static bool in_arena(const void *ptr, size_t len)
 static void kick(mp_pool *p)
 {
     uint64_t one = 1;
-    ssize_t r = write(p->kick, &one, sizeof one);
+    ssize_t r = mp__sys.write(p->kick, &one, sizeof one);
     (void)r;
 }
 
@@ -1044,7 +1044,7 @@ static void add_reappend_locked(mp_pool *p, struct job *j)
             return;
     if (p->nreappend == p->capreappend) {
         int cap = p->capreappend * 2;
-        struct job **r = realloc(p->reappend, (size_t)cap * sizeof *r);
+        struct job **r = mp__sys.realloc(p->reappend, (size_t)cap * sizeof *r);
         if (!r) {
             pthread_mutex_unlock(&p->mu);
             while (publish(p, j, true) < 0)
@@ -1203,9 +1203,9 @@ static void *manager_main(void *arg)
     mp_pool *p = arg;
     struct shared *sh = p->sh;
     int n = p->nproc;
-    struct pollfd *pf = calloc((size_t)n + 1, sizeof *pf);
-    unsigned *who = calloc((size_t)n + 1, sizeof *who);
-    bool *due = calloc((size_t)n, sizeof *due); /* a replacement waits for its turn */
+    struct pollfd *pf = mp__sys.calloc((size_t)n + 1, sizeof *pf);
+    unsigned *who = mp__sys.calloc((size_t)n + 1, sizeof *who);
+    bool *due = mp__sys.calloc((size_t)n, sizeof *due); /* a replacement waits for its turn */
     int tokens = RESTART_BURST;
     int64_t token_at = mp__now_ns();
     while (pf && who && due) {
@@ -1286,11 +1286,11 @@ static void *manager_main(void *arg)
             int64_t left = wake_at - mp__now_ns();
             ms = left <= 0 ? 0 : (int)(left / 1000000) + 1;
         }
-        if (poll(pf, (nfds_t)k + 1, ms) < 0)
+        if (mp__sys.poll(pf, (nfds_t)k + 1, ms) < 0)
             continue;
         if (pf[k].revents) {
             uint64_t v;
-            ssize_t rd = read(p->kick, &v, sizeof v);
+            ssize_t rd = mp__sys.read(p->kick, &v, sizeof v);
             (void)rd;
         }
         for (int x = 0; x < k; x++) {
@@ -1385,7 +1385,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *opts)
     int r = mp__wait_begin(&w);
     if (r < 0)
         return r;
-    mp_pool *p = calloc(1, sizeof *p);
+    mp_pool *p = mp__sys.calloc(1, sizeof *p);
     if (!p) {
         mp__wait_end(&w);
         return MP_ENOMEM;
@@ -1395,11 +1395,11 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *opts)
     p->kick = -1;
     p->owner = self_pid;
     pthread_mutex_init(&p->mu, NULL);
-    p->procs = calloc((size_t)n, sizeof *p->procs);
-    p->reappend = calloc((size_t)n, sizeof *p->reappend);
+    p->procs = mp__sys.calloc((size_t)n, sizeof *p->procs);
+    p->reappend = mp__sys.calloc((size_t)n, sizeof *p->reappend);
     p->capreappend = n;
     p->sh = mp_shared_alloc(sizeof(struct shared) + (size_t)n * sizeof(struct slot));
-    p->kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    p->kick = mp__sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     r = !p->procs || !p->reappend || !p->sh ? MP_ENOMEM : p->kick < 0 ? -errno : 0;
     if (r == 0)
         for (int i = 0; i < n; i++)
@@ -1427,7 +1427,7 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *opts)
         sigset_t all, old;
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old); /* the manager takes no signals */
-        int e = pthread_create(&p->manager, NULL, manager_main, p);
+        int e = mp__sys.pthread_create(&p->manager, NULL, manager_main, p);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         r = e ? -e : 0;
         p->manager_on = e == 0;
@@ -1509,7 +1509,7 @@ int mp_pool_map_async(mp_async **res, mp_pool *pool, mp_task fn, const void *in,
     if (!res)
         return MP_EINVAL;
     *res = NULL;
-    mp_async *a = calloc(1, sizeof *a);
+    mp_async *a = mp__sys.calloc(1, sizeof *a);
     if (!a)
         return MP_ENOMEM;
     struct shape s = {in, in_size, out, out_size, n, opts, false};
@@ -1630,12 +1630,12 @@ int mp_pool_imap(mp_imap **it, mp_pool *pool, mp_task fn, const void *in, size_t
     if (!it)
         return MP_EINVAL;
     *it = NULL;
-    mp_imap *m = calloc(1, sizeof *m);
+    mp_imap *m = mp__sys.calloc(1, sizeof *m);
     if (!m)
         return MP_ENOMEM;
     struct shape s = {in, in_size, NULL, out_size, n, opts, true};
     int r = submit(pool, fn, &s, &m->j);
-    if (r == 0 && !ordered && !(m->given = calloc(m->j->nchunks ? m->j->nchunks : 1, 1))) {
+    if (r == 0 && !ordered && !(m->given = mp__sys.calloc(m->j->nchunks ? m->j->nchunks : 1, 1))) {
         job_release(pool, m->j);
         r = MP_ENOMEM;
     }

@@ -158,7 +158,7 @@ static void *reaper_main(void *unused)
             }
             if (n + 1 >= cap) {
                 size_t ncap = cap ? cap * 2 : 16;
-                struct pollfd *nf = realloc(fds, ncap * sizeof *nf);
+                struct pollfd *nf = mp__sys.realloc(fds, ncap * sizeof *nf);
                 if (!nf)
                     break; /* watch what fits; the rest on the next round */
                 fds = nf;
@@ -176,9 +176,9 @@ static void *reaper_main(void *unused)
         /* Only this thread frees detached handles, so their pidfds stay open
          * while it sleeps. New ones arrive through the eventfd. */
         fds[n] = (struct pollfd){.fd = g.reaper_efd, .events = POLLIN};
-        if (poll(fds, n + 1, -1) > 0 && fds[n].revents) {
+        if (mp__sys.poll(fds, n + 1, -1) > 0 && fds[n].revents) {
             uint64_t v;
-            ssize_t r = read(g.reaper_efd, &v, sizeof v);
+            ssize_t r = mp__sys.read(g.reaper_efd, &v, sizeof v);
             (void)r;
         }
     }
@@ -204,12 +204,12 @@ static void reap_detached_locked(void)
 static void reaper_kick(void)
 {
     if (g.reaper_efd < 0)
-        g.reaper_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        g.reaper_efd = mp__sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (g.reaper_efd < 0)
         return; /* then detached children are reaped at the next start or exit */
     if (g.reaper_on) {
         uint64_t one = 1;
-        ssize_t r = write(g.reaper_efd, &one, sizeof one);
+        ssize_t r = mp__sys.write(g.reaper_efd, &one, sizeof one);
         (void)r;
         return;
     }
@@ -221,7 +221,7 @@ static void reaper_kick(void)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old); /* the reaper takes no signals */
     pthread_t t;
-    if (pthread_create(&t, &attr, reaper_main, NULL) == 0)
+    if (mp__sys.pthread_create(&t, &attr, reaper_main, NULL) == 0)
         g.reaper_on = true;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
@@ -242,13 +242,13 @@ static void finish_children(void)
             continue;
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
-            struct child *nk = realloc(kids, ncap * sizeof *nk);
+            struct child *nk = mp__sys.realloc(kids, ncap * sizeof *nk);
             if (!nk)
                 break;
             kids = nk;
             cap = ncap;
         }
-        int fd = fcntl(p->pidfd, F_DUPFD_CLOEXEC, 0);
+        int fd = mp__sys.fcntl(p->pidfd, F_DUPFD_CLOEXEC, 0);
         if (fd < 0)
             continue;
         kids[n++] = (struct child){fd, p->daemon};
@@ -266,12 +266,12 @@ static void finish_children(void)
         if (kids[i].daemon) {
             int64_t left = grace - mp__now_ns();
             int ms = left > 0 ? (int)(left / 1000000) + 1 : 0;
-            while (poll(&pf, 1, ms) < 0 && errno == EINTR)
+            while (mp__sys.poll(&pf, 1, ms) < 0 && errno == EINTR)
                 ;
             if (!pf.revents)
                 mp__pidfd_signal(kids[i].fd, SIGKILL);
         }
-        while (poll(&pf, 1, -1) < 0 && errno == EINTR)
+        while (mp__sys.poll(&pf, 1, -1) < 0 && errno == EINTR)
             ;
         mp__close(kids[i].fd);
     }
@@ -323,7 +323,7 @@ int mp_process_new(mp_process **out, mp_target fn, void *arg, const mp_process_o
     mp_process_opts o = opts ? *opts : (mp_process_opts){0};
     if (!fn || (o.arg_size > 0 && !arg))
         return MP_EINVAL;
-    mp_process *p = calloc(1, sizeof *p);
+    mp_process *p = mp__sys.calloc(1, sizeof *p);
     if (!p)
         return MP_ENOMEM;
     p->fn = fn;
@@ -346,7 +346,7 @@ int mp_process_new(mp_process **out, mp_target fn, void *arg, const mp_process_o
     if (!p->name)
         goto nomem;
     if (o.arg_size > 0) {
-        if (!(p->arg_copy = malloc(o.arg_size)))
+        if (!(p->arg_copy = mp__sys.malloc(o.arg_size)))
             goto nomem;
         memcpy(p->arg_copy, arg, o.arg_size);
         p->arg = p->arg_copy;
@@ -388,7 +388,7 @@ static void reap_abandoned(pid_t pid, int pidfd)
 {
     if (pidfd >= 0) {
         struct pollfd pf = {.fd = pidfd, .events = POLLIN};
-        while (poll(&pf, 1, -1) < 0 && errno == EINTR)
+        while (mp__sys.poll(&pf, 1, -1) < 0 && errno == EINTR)
             ;
         int status;
         mp__pidfd_reap(pidfd, &status);
@@ -398,7 +398,7 @@ static void reap_abandoned(pid_t pid, int pidfd)
     /* No pidfd: the pid is still our unreaped child, unless someone else
      * reaped it (then ECHILD). Waiting is safe; signalling would not be. */
     siginfo_t si;
-    while (waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
+    while (mp__sys.waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
         ;
 }
 

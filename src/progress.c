@@ -81,7 +81,7 @@ static void fmt_time(char *b, size_t n, double secs)
 static void write_all(const char *p, size_t n)
 {
     while (n > 0) {
-        ssize_t w = write(STDERR_FILENO, p, n);
+        ssize_t w = mp__sys.write(STDERR_FILENO, p, n);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)

@@ -77,6 +77,7 @@
 #include "mproc.h"
 
 #include "os/os.h"
+#include "queue.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -556,7 +557,7 @@ static ssize_t deliver_stash(mp_queue *q, struct stash *s, struct sink *k)
 {
     if (!k->alloc && s->total > k->cap)
         return MP_EMSGSIZE;
-    if (k->alloc && !(k->buf = malloc(s->total ? s->total : 1)))
+    if (k->alloc && !(k->buf = mp__sys.malloc(s->total ? s->total : 1)))
         return -ENOMEM;
     uint64_t total = s->total;
     memcpy(k->buf, s->data, total);
@@ -658,7 +659,7 @@ static ssize_t get_stream(mp_queue *q, const struct rec *first, const uint64_t p
         return -EBADMSG;
     if (!k->alloc && total > k->cap)
         return MP_EMSGSIZE;
-    char *dst = k->alloc ? malloc(total ? total : 1) : k->buf;
+    char *dst = k->alloc ? mp__sys.malloc(total ? total : 1) : k->buf;
     if (!dst)
         return -ENOMEM;
     uint64_t got = 0, p2[2];
@@ -758,7 +759,7 @@ static ssize_t get_locked(mp_queue *q, struct sink *k, int64_t dl, mp__waiter *w
         case WHOLE:
             if (!k->alloc && h.len > k->cap)
                 return MP_EMSGSIZE;
-            if (k->alloc && !(k->buf = malloc(h.len ? h.len : 1)))
+            if (k->alloc && !(k->buf = mp__sys.malloc(h.len ? h.len : 1)))
                 return -ENOMEM;
             ring_get(q, head + HDR, k->buf, h.len);
             MP__HOOK("queue.get.copied");
@@ -820,6 +821,25 @@ int mp_queue_get_alloc(mp_queue *q, void **msg, size_t *len, double timeout)
     *msg = k.buf;
     *len = (size_t)n;
     return 0;
+}
+
+/* ---- for the fuzzer (queue.h) ---------------------------------------------- */
+
+void mp__queue_raw(mp_queue *q, struct mp__queue_raw *r)
+{
+    *r = (struct mp__queue_raw){q->ring, q->cap, &q->pword, &q->gword, &q->live, &q->owner,
+                                &q->head_seen, &q->tail_seen};
+}
+
+bool mp__queue_stash(mp_queue *q, uint64_t total, uint64_t got, uint32_t serial,
+                     uint32_t count_at, const void *data)
+{
+    if (!park(q, serial, data, got < total ? got : total, total))
+        return false;
+    struct stash *s = atomic_load(&q->stash);
+    atomic_store(&s->got, got);
+    s->count_at = count_at;
+    return true;
 }
 
 /* ---- state ------------------------------------------------------------------ */

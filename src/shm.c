@@ -48,7 +48,7 @@ static int set_name(mp_shm *s, const char *name)
 
 static int map(mp_shm *s, int fd, size_t size)
 {
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *p = mp__sys.mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED)
         return errno == ENOMEM ? MP_ENOMEM : -errno;
     s->ptr = p;
@@ -58,11 +58,11 @@ static int map(mp_shm *s, int fd, size_t size)
 
 static int open_new(mp_shm *s, size_t size)
 {
-    int fd = shm_open(s->name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = mp__sys.shm_open(s->name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
     int err = 0;
-    if (ftruncate(fd, (off_t)size) < 0)
+    if (mp__sys.ftruncate(fd, (off_t)size) < 0)
         err = -errno;
     else
         err = map(s, fd, size);
@@ -79,7 +79,7 @@ int mp_shm_create(mp_shm **out, const char *name, size_t size)
     *out = NULL;
     if (size == 0 || size > (size_t)PTRDIFF_MAX)
         return MP_EINVAL;
-    mp_shm *s = calloc(1, sizeof *s);
+    mp_shm *s = mp__sys.calloc(1, sizeof *s);
     if (!s)
         return MP_ENOMEM;
     int err;
@@ -113,16 +113,16 @@ int mp_shm_attach(mp_shm **out, const char *name)
     *out = NULL;
     if (!name)
         return MP_EINVAL;
-    mp_shm *s = calloc(1, sizeof *s);
+    mp_shm *s = mp__sys.calloc(1, sizeof *s);
     if (!s)
         return MP_ENOMEM;
     int err = set_name(s, name);
-    int fd = err ? -1 : shm_open(s->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
+    int fd = err ? -1 : mp__sys.shm_open(s->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
     if (!err && fd < 0)
         err = -errno;
     if (!err) {
         struct stat st;
-        if (fstat(fd, &st) < 0)
+        if (mp__sys.fstat(fd, &st) < 0)
             err = -errno;
         else if (st.st_size <= 0)
             err = MP_EINVAL; /* nothing to map: not one of ours */

@@ -36,7 +36,7 @@ int mp__cpu_online(void)
 {
     int fd = atomic_load_explicit(&online_fd, memory_order_acquire);
     if (fd < 0) {
-        fd = open("/sys/devices/system/cpu/online", O_RDONLY | O_CLOEXEC);
+        fd = mp__sys.open("/sys/devices/system/cpu/online", O_RDONLY | O_CLOEXEC, 0);
         int none = -1;
         if (fd >= 0 && !atomic_compare_exchange_strong(&online_fd, &none, fd)) {
             mp__close(fd); /* another thread won */
@@ -78,10 +78,10 @@ static int affinity_count(void)
 
 static ssize_t read_small(const char *path, char *buf, size_t cap)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = mp__sys.open(path, O_RDONLY | O_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    ssize_t n = read(fd, buf, cap - 1);
+    ssize_t n = mp__sys.read(fd, buf, cap - 1);
     mp__close(fd);
     if (n < 0)
         return -1;

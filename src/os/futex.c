@@ -5,13 +5,8 @@
 
 #include <errno.h>
 #include <linux/futex.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-
-#ifndef SYS_futex_waitv
-#define SYS_futex_waitv 449
-#endif
 
 #define SLICE_NS 20000000LL /* without futex_waitv: check interrupts this often */
 
@@ -30,8 +25,8 @@ static int wait_sliced(_Atomic uint32_t *addr, uint32_t val, int64_t deadline)
 {
     int64_t slice = mp__now_ns() + SLICE_NS;
     struct timespec ts;
-    long r = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, val,
-                     abs_ts(deadline < slice ? deadline : slice, &ts), NULL, FUTEX_BITSET_MATCH_ANY);
+    long r = mp__sys.futex(addr, FUTEX_WAIT_BITSET, val, abs_ts(deadline < slice ? deadline : slice, &ts),
+                           FUTEX_BITSET_MATCH_ANY);
     return r < 0 && errno == ETIMEDOUT && deadline <= slice ? MP_ETIMEDOUT : 0;
 }
 
@@ -39,8 +34,7 @@ int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__w
 {
     if (!w) { /* not interruptible */
         struct timespec ts;
-        long k = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, val, abs_ts(deadline, &ts), NULL,
-                         FUTEX_BITSET_MATCH_ANY);
+        long k = mp__sys.futex(addr, FUTEX_WAIT_BITSET, val, abs_ts(deadline, &ts), FUTEX_BITSET_MATCH_ANY);
         return k < 0 && errno == ETIMEDOUT ? MP_ETIMEDOUT : 0;
     }
     if (mp__wait_interrupted(w))
@@ -55,7 +49,7 @@ int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__w
             {.val = w->gen, .uaddr = (uintptr_t)mp__intr_word(), .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
         };
         struct timespec ts;
-        long k = syscall(SYS_futex_waitv, v, 2, 0, abs_ts(deadline, &ts), CLOCK_MONOTONIC);
+        long k = mp__sys.futex_waitv(v, 2, abs_ts(deadline, &ts));
         if (k < 0 && errno == ENOSYS) {
             atomic_store(&no_waitv, 1);
             r = wait_sliced(addr, val, deadline);
@@ -72,11 +66,11 @@ int mp__futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t deadline, mp__w
 
 int mp__futex_wake(_Atomic uint32_t *addr, int n)
 {
-    long r = syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+    long r = mp__sys.futex(addr, FUTEX_WAKE, (uint32_t)n, NULL, 0);
     return r < 0 ? -errno : (int)r;
 }
 
 void mp__futex_wake_private(_Atomic uint32_t *addr, int n)
 {
-    syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, n, NULL, NULL, 0);
+    mp__sys.futex(addr, FUTEX_WAKE_PRIVATE, (uint32_t)n, NULL, 0);
 }

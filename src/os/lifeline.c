@@ -25,7 +25,7 @@ static int hold(int fd)
 {
     if (held.n == held.cap) {
         size_t cap = held.cap ? held.cap * 2 : 16;
-        int *nf = realloc(held.fd, cap * sizeof *nf);
+        int *nf = mp__sys.realloc(held.fd, cap * sizeof *nf);
         if (!nf)
             return -ENOMEM;
         held.fd = nf;
@@ -92,7 +92,7 @@ void mp__lifeline_drop(int w)
 static bool parent_gone(int fd)
 {
     struct pollfd pf = {.fd = fd, .events = POLLIN};
-    return poll(&pf, 1, 0) == 1 && (pf.revents & POLLHUP);
+    return mp__sys.poll(&pf, 1, 0) == 1 && (pf.revents & POLLHUP);
 }
 
 void mp__lifeline_await(int fd)
@@ -100,7 +100,7 @@ void mp__lifeline_await(int fd)
     pid_t me = getpid();
     for (int spins = 0;; spins++) {
         struct f_owner_ex own = {0};
-        if (fcntl(fd, F_GETOWN_EX, &own) == 0 && own.pid == me)
+        if (mp__sys.fcntl(fd, F_GETOWN_EX, (long)&own) == 0 && own.pid == me)
             break;
         /* The write end closed before we were armed: the parent died, or
          * gave up on this start. Either way the target must not run. */
@@ -109,7 +109,7 @@ void mp__lifeline_await(int fd)
         if (spins < 100)
             sched_yield(); /* the parent arms us within microseconds */
         else
-            poll(NULL, 0, 1);
+            mp__sys.poll(NULL, 0, 1);
     }
     /* Armed: from here the parent's death kills us. */
 }

@@ -116,7 +116,7 @@ int64_t mp__region_backed(const mp__region *r)
     struct stat st;
     if (r->fd < 0)
         return -EBADF;
-    if (fstat(r->fd, &st) < 0)
+    if (mp__sys.fstat(r->fd, &st) < 0)
         return -errno;
     return (int64_t)st.st_blocks * 512;
 }

@@ -12,28 +12,61 @@
 #define MPROC_OS_H
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 
 /* ---- the system-call seam (sys.c) --------------------------------------
- * The calls whose failure is hard to provoke go through this table, so tests
- * can inject errors deterministically (SQLite's aSyscall idea). Entries follow
- * the libc convention (-1 and errno); the wrappers below turn that into
- * -errno. The table is ordinary process memory: an override made before a
- * fork is inherited by the child. */
+ * Every call whose failure the library must survive goes through this
+ * table, so tests can inject any error at any call site deterministically
+ * (SQLite's aSyscall idea): allocation, descriptor creation, I/O, waits,
+ * process control. Entries follow the libc convention (-1 and errno; NULL
+ * and errno for the allocators; pthread_create returns the error number);
+ * the wrappers of this layer turn that into -errno. The table is ordinary
+ * process memory: an override made before a fork is inherited by the
+ * child. Calls that cannot fail in a way that matters (close, munmap,
+ * getpid, clock_gettime, sigprocmask) stay direct. */
+struct stat;
+struct msghdr;
+struct timespec;
 struct mp__sys {
+    /* processes and threads */
     pid_t (*fork)(void);
-    int (*pipe2)(int fds[2], int flags);
-    int (*open)(const char *path, int flags, mode_t mode);
-    int (*fcntl)(int fd, int cmd, long arg); /* a pointer argument passes as a long */
+    int (*waitid)(idtype_t type, id_t id, siginfo_t *si, int options);
     int (*pidfd_open)(pid_t pid, unsigned flags);
+    int (*pidfd_send_signal)(int pidfd, int sig);
+    int (*pthread_create)(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
+    /* descriptors */
+    int (*pipe2)(int fds[2], int flags);
+    int (*socketpair)(int domain, int type, int protocol, int fds[2]);
+    int (*eventfd)(unsigned initval, int flags);
+    int (*open)(const char *path, int flags, mode_t mode);
+    int (*shm_open)(const char *name, int flags, mode_t mode);
+    int (*fcntl)(int fd, int cmd, long arg); /* a pointer argument passes as a long */
+    int (*fstat)(int fd, struct stat *st);
+    /* memory */
+    void *(*malloc)(size_t n);
+    void *(*calloc)(size_t n, size_t size);
+    void *(*realloc)(void *p, size_t n);
     int (*memfd_create)(const char *name, unsigned flags);
     int (*ftruncate)(int fd, off_t len);
     void *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
     int (*fallocate)(int fd, int mode, off_t off, off_t len);
+    /* I/O and waits */
+    ssize_t (*read)(int fd, void *buf, size_t n);
+    ssize_t (*write)(int fd, const void *buf, size_t n);
+    ssize_t (*sendmsg)(int fd, const struct msghdr *m, int flags);
+    ssize_t (*recvmsg)(int fd, struct msghdr *m, int flags);
+    int (*poll)(struct pollfd *pf, nfds_t n, int ms);
+    int (*ppoll)(struct pollfd *pf, nfds_t n, const struct timespec *ts, const sigset_t *mask);
+    /* futex(2) with FUTEX_WAIT_BITSET or FUTEX_WAKE(_PRIVATE): the one
+     * multiplexed call, its unused arguments left out */
+    long (*futex)(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts, uint32_t mask);
+    long (*futex_waitv)(void *waiters, unsigned n, const struct timespec *ts); /* CLOCK_MONOTONIC */
 };
 extern struct mp__sys mp__sys;
 void mp__sys_reset(void); /* back to the real calls (tests) */

@@ -19,7 +19,7 @@ int mp__pidfd_open(pid_t pid)
 
 int mp__pidfd_signal(int pidfd, int sig)
 {
-    if (syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0)
+    if (mp__sys.pidfd_send_signal(pidfd, sig) < 0)
         return -errno;
     return 0;
 }
@@ -29,7 +29,7 @@ int mp__pidfd_reap(int pidfd, int *status)
     siginfo_t si;
     for (;;) {
         si.si_pid = 0;
-        if (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG) == 0)
+        if (mp__sys.waitid((idtype_t)P_PIDFD, (id_t)pidfd, &si, WEXITED | WNOHANG) == 0)
             break;
         if (errno != EINTR)
             return -errno;

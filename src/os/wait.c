@@ -53,7 +53,7 @@ static void wake_slot(struct slot *s)
     int fd = atomic_load(&s->efd);
     if (fd >= 0) {
         uint64_t one = 1;
-        ssize_t r = write(fd, &one, sizeof one);
+        ssize_t r = mp__sys.write(fd, &one, sizeof one);
         (void)r; /* EAGAIN: the counter is already non-zero, the wake is there */
     }
 }
@@ -78,7 +78,7 @@ static int claim_slot(void)
         if (atomic_load_explicit(&slots[i].busy, memory_order_relaxed) == 0 &&
             atomic_compare_exchange_strong(&slots[i].busy, &expect, 1)) {
             if (atomic_load(&slots[i].efd) < 0) {
-                int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+                int fd = mp__sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
                 if (fd < 0) {
                     atomic_store(&slots[i].busy, 0);
                     return -1;
@@ -169,7 +169,7 @@ int mp__wait_poll(mp__waiter *w, struct pollfd *pf, int n, int64_t deadline)
         }
         /* the last look (a timeout of 0 still polls once) leaves the
          * interrupt's eventfd out: it must not pass for readiness */
-        int r = ppoll(pf, (nfds_t)(last ? n : n + 1), tsp, NULL);
+        int r = mp__sys.ppoll(pf, (nfds_t)(last ? n : n + 1), tsp, NULL);
         if (r < 0 && errno != EINTR)
             return -errno;
         int ready = 0;
@@ -184,7 +184,7 @@ int mp__wait_poll(mp__waiter *w, struct pollfd *pf, int n, int64_t deadline)
             return MP_ETIMEDOUT;
         if (r > 0 && pf[n].revents) { /* an interrupt, or a stale wake: drop it */
             uint64_t c;
-            ssize_t rr = read(pf[n].fd, &c, sizeof c);
+            ssize_t rr = mp__sys.read(pf[n].fd, &c, sizeof c);
             (void)rr;
         }
     }
