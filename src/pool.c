@@ -79,6 +79,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_PROCS 1024
@@ -189,6 +190,12 @@ struct mp_pool {
     struct job **reappend; /* jobs with chunks to redo that head had passed: the
                               manager appends them again when the ring has room; mu */
     int nreappend, capreappend;
+    /* the manager's working arrays, made with the pool so that it cannot
+     * start without them: its poll set, which slot each entry watches,
+     * and the slots whose replacement waits for its turn */
+    struct pollfd *m_pf;
+    unsigned *m_who;
+    bool *m_due;
     pthread_t manager;
     bool manager_on;
     bool manager_joined; /* mu */
@@ -1048,7 +1055,7 @@ static void add_reappend_locked(mp_pool *p, struct job *j)
         if (!r) {
             pthread_mutex_unlock(&p->mu);
             while (publish(p, j, true) < 0)
-                usleep(1000);
+                nanosleep(&(struct timespec){0, 1000000}, NULL); /* not usleep: gone from POSIX */
             pthread_mutex_lock(&p->mu);
             return;
         }
@@ -1203,12 +1210,12 @@ static void *manager_main(void *arg)
     mp_pool *p = arg;
     struct shared *sh = p->sh;
     int n = p->nproc;
-    struct pollfd *pf = mp__sys.calloc((size_t)n + 1, sizeof *pf);
-    unsigned *who = mp__sys.calloc((size_t)n + 1, sizeof *who);
-    bool *due = mp__sys.calloc((size_t)n, sizeof *due); /* a replacement waits for its turn */
+    struct pollfd *pf = p->m_pf;
+    unsigned *who = p->m_who;
+    bool *due = p->m_due;
     int tokens = RESTART_BURST;
     int64_t token_at = mp__now_ns();
-    while (pf && who && due) {
+    for (;;) {
         if (atomic_load(&p->terminate_req))
             break;
         int64_t now = mp__now_ns(), wake_at = MP__NEVER;
@@ -1286,8 +1293,11 @@ static void *manager_main(void *arg)
             int64_t left = wake_at - mp__now_ns();
             ms = left <= 0 ? 0 : (int)(left / 1000000) + 1;
         }
-        if (mp__sys.poll(pf, (nfds_t)k + 1, ms) < 0)
+        if (mp__sys.poll(pf, (nfds_t)k + 1, ms) < 0) {
+            if (errno != EINTR) /* no memory for the poll now: not a busy loop */
+                nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
             continue;
+        }
         if (pf[k].revents) {
             uint64_t v;
             ssize_t rd = mp__sys.read(p->kick, &v, sizeof v);
@@ -1325,9 +1335,6 @@ static void *manager_main(void *arg)
     }
     kill_all(p);
     close_jobs(p); /* closed pool: anything unfinished cannot finish now */
-    free(pf);
-    free(who);
-    free(due);
     atomic_store(&p->gone, 1);
     mp__futex_wake(&p->gone, INT32_MAX);
     return NULL;
@@ -1354,7 +1361,8 @@ static void pool_destroy(mp_pool *p)
         nx = j->next_j;
         mp_shared_free(j);
     }
-    reclaim_locked(p, true);
+    if (p->sh) /* NULL: its allocation failed in mp_pool_new */
+        reclaim_locked(p, true);
     for (struct job *j = p->spare, *nx; j; j = nx) {
         nx = j->next_j;
         mp_shared_free(j);
@@ -1365,6 +1373,9 @@ static void pool_destroy(mp_pool *p)
     mp_shared_free(p->sh);
     free(p->procs);
     free(p->reappend);
+    free(p->m_pf);
+    free(p->m_who);
+    free(p->m_due);
     free(p);
 }
 
@@ -1398,9 +1409,12 @@ int mp_pool_new(mp_pool **out, const mp_pool_opts *opts)
     p->procs = mp__sys.calloc((size_t)n, sizeof *p->procs);
     p->reappend = mp__sys.calloc((size_t)n, sizeof *p->reappend);
     p->capreappend = n;
+    p->m_pf = mp__sys.calloc((size_t)n + 1, sizeof *p->m_pf);
+    p->m_who = mp__sys.calloc((size_t)n + 1, sizeof *p->m_who);
+    p->m_due = mp__sys.calloc((size_t)n, sizeof *p->m_due);
     p->sh = mp_shared_alloc(sizeof(struct shared) + (size_t)n * sizeof(struct slot));
     p->kick = mp__sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    r = !p->procs || !p->reappend || !p->sh ? MP_ENOMEM : p->kick < 0 ? -errno : 0;
+    r = !p->procs || !p->reappend || !p->m_pf || !p->m_who || !p->m_due || !p->sh ? MP_ENOMEM : p->kick < 0 ? -errno : 0;
     if (r == 0)
         for (int i = 0; i < n; i++)
             atomic_store(&p->sh->slots[i].item, NONE);

@@ -42,11 +42,13 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { P_NEW, P_STARTING, P_STARTED };
 
 #define DAEMON_GRACE_S 1.0 /* SIGTERM, then this long, then SIGKILL */
+#define REAPER_LOOK_MS 50   /* the reaper without its eventfd looks this often */
 
 struct mp_process {
     mp_target fn;
@@ -85,6 +87,8 @@ static struct {
     .ident = "",
     .reaper_efd = -1,
 };
+
+static _Thread_local bool starting; /* this thread holds g.start_mu */
 
 static void lock(void) { pthread_mutex_lock(&g.mu); }
 static void unlock(void) { pthread_mutex_unlock(&g.mu); }
@@ -146,6 +150,7 @@ static void *reaper_main(void *unused)
     size_t cap = 0;
     for (;;) {
         size_t n = 0;
+        bool unwatched = false; /* no room to watch them all: look again soon */
         lock();
         for (mp_process *p = g.handles, *next; p; p = next) {
             next = p->next;
@@ -159,27 +164,39 @@ static void *reaper_main(void *unused)
             if (n + 1 >= cap) {
                 size_t ncap = cap ? cap * 2 : 16;
                 struct pollfd *nf = mp__sys.realloc(fds, ncap * sizeof *nf);
-                if (!nf)
-                    break; /* watch what fits; the rest on the next round */
+                if (!nf) {
+                    unwatched = true;
+                    continue;
+                }
                 fds = nf;
                 cap = ncap;
             }
             fds[n++] = (struct pollfd){.fd = p->pidfd, .events = POLLIN};
         }
-        if (n == 0) {
+        if (n == 0 && !unwatched) {
             g.reaper_on = false;
             unlock();
             free(fds);
             return NULL;
         }
+        int efd = g.reaper_efd;
         unlock();
         /* Only this thread frees detached handles, so their pidfds stay open
-         * while it sleeps. New ones arrive through the eventfd. */
-        fds[n] = (struct pollfd){.fd = g.reaper_efd, .events = POLLIN};
-        if (mp__sys.poll(fds, n + 1, -1) > 0 && fds[n].revents) {
+         * while it sleeps. New ones arrive through the eventfd; without one
+         * (none could be made), or with some it has no room to watch, it
+         * looks for them every REAPER_LOOK_MS. A poll that fails (no memory
+         * now) waits as long before it retries. */
+        int r = -1;
+        if (fds) {
+            fds[n] = (struct pollfd){.fd = efd, .events = POLLIN};
+            r = mp__sys.poll(fds, n + 1, efd < 0 || unwatched ? REAPER_LOOK_MS : -1);
+        }
+        if (r > 0 && fds[n].revents) {
             uint64_t v;
-            ssize_t r = mp__sys.read(g.reaper_efd, &v, sizeof v);
-            (void)r;
+            ssize_t rd = mp__sys.read(efd, &v, sizeof v);
+            (void)rd;
+        } else if (r < 0 && (!fds || errno != EINTR)) {
+            nanosleep(&(struct timespec){.tv_nsec = REAPER_LOOK_MS * 1000000L}, NULL);
         }
     }
 }
@@ -203,11 +220,11 @@ static void reap_detached_locked(void)
 /* With mu held: make sure the reaper watches the detached handles. */
 static void reaper_kick(void)
 {
-    if (g.reaper_efd < 0)
+    if (g.reaper_efd < 0) /* -1: the reaper then looks now and then instead */
         g.reaper_efd = mp__sys.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (g.reaper_efd < 0)
-        return; /* then detached children are reaped at the next start or exit */
     if (g.reaper_on) {
+        if (g.reaper_efd < 0)
+            return;
         uint64_t one = 1;
         ssize_t r = mp__sys.write(g.reaper_efd, &one, sizeof one);
         (void)r;
@@ -302,8 +319,13 @@ static void atfork_child(void)
     g.reaper_on = false;
     mp__close(g.reaper_efd);
     g.reaper_efd = -1;
-    g.mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
-    g.start_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+    unlock(); /* taken in atfork_prepare by this thread; re-initialising it locked is UB */
+    if (starting) { /* our own start: the forking thread, now the only one, holds it */
+        starting = false;
+        pthread_mutex_unlock(&g.start_mu);
+    } else { /* another thread may have held it */
+        g.start_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+    }
 }
 
 __attribute__((constructor)) static void process_init(void)
@@ -383,23 +405,16 @@ __attribute__((noreturn)) static void child_main(mp_process *p, int life_fd, pid
 }
 
 /* Waits for a child that start gave up on: its lifeline is cut before it
- * was armed, so it exits by itself, having run nothing. */
+ * was armed, so it exits by itself, having run nothing. A blocking waitid,
+ * not a poll: it cannot fail for want of memory and leave a zombie. The
+ * pid is still our unreaped child (so no other process can have it),
+ * unless someone else reaped it: then ECHILD, and nothing is left. */
 static void reap_abandoned(pid_t pid, int pidfd)
 {
-    if (pidfd >= 0) {
-        struct pollfd pf = {.fd = pidfd, .events = POLLIN};
-        while (mp__sys.poll(&pf, 1, -1) < 0 && errno == EINTR)
-            ;
-        int status;
-        mp__pidfd_reap(pidfd, &status);
-        mp__close(pidfd);
-        return;
-    }
-    /* No pidfd: the pid is still our unreaped child, unless someone else
-     * reaped it (then ECHILD). Waiting is safe; signalling would not be. */
     siginfo_t si;
     while (mp__sys.waitid(P_PID, (id_t)pid, &si, WEXITED) < 0 && errno == EINTR)
         ;
+    mp__close(pidfd);
 }
 
 /* Forks p's child and hands it over to p. 0, or a negative code: then no
@@ -467,7 +482,9 @@ int mp_process_start(mp_process *p)
     unlock();
 
     pthread_mutex_lock(&g.start_mu);
+    starting = true;
     int err = start_locked(p);
+    starting = false;
     pthread_mutex_unlock(&g.start_mu);
 
     lock();

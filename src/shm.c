@@ -56,14 +56,27 @@ static int map(mp_shm *s, int fd, size_t size)
     return 0;
 }
 
+/* shm_open, retried if a signal cut it short (open(2) on a FIFO-free path
+ * rarely is, but a handler without SA_RESTART can): -EINTR means
+ * mp_interrupt to the user, never a signal. */
+static int shm_open_retry(const char *name, int flags, mode_t mode)
+{
+    int fd;
+    while ((fd = mp__sys.shm_open(name, flags, mode)) < 0 && errno == EINTR)
+        ;
+    return fd;
+}
+
 static int open_new(mp_shm *s, size_t size)
 {
-    int fd = mp__sys.shm_open(s->name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = shm_open_retry(s->name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
-    int err = 0;
-    if (mp__sys.ftruncate(fd, (off_t)size) < 0)
-        err = -errno;
+    int err = 0, r;
+    while ((r = mp__sys.ftruncate(fd, (off_t)size)) < 0 && errno == EINTR)
+        ;
+    if (r < 0)
+        err = errno == ENOSPC || errno == EFBIG ? MP_ENOMEM : -errno;
     else
         err = map(s, fd, size);
     mp__close(fd);
@@ -117,7 +130,7 @@ int mp_shm_attach(mp_shm **out, const char *name)
     if (!s)
         return MP_ENOMEM;
     int err = set_name(s, name);
-    int fd = err ? -1 : mp__sys.shm_open(s->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
+    int fd = err ? -1 : shm_open_retry(s->name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
     if (!err && fd < 0)
         err = -errno;
     if (!err) {
