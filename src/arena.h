@@ -25,5 +25,9 @@ void mp__arena_unlock_for_test(void);
  * if a holder died): 0 if all is consistent, else minus the line of
  * arena.c whose check failed. */
 int mp__arena_check(void);
+/* Pages taken from the arena now (slabs, large blocks, runs in transit):
+ * back to the same figure once the same objects are freed, so a run of
+ * pages lost on an error path shows (tests). */
+uint64_t mp__arena_pages_used(void);
 
 #endif /* MPROC_ARENA_H */

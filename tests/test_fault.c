@@ -25,6 +25,7 @@
  * failure has someone to report it to; EINTR and short transfers fire in
  * every process, since each must retry them on its own.
  */
+#include "arena.h"
 #include "harness.h"
 #include "os/os.h"
 
@@ -778,14 +779,19 @@ out:
 
 /* ---- the sweep ---------------------------------------------------------- */
 
-/* The codes a run may end with when this class is injected: the fault
- * itself, as the library maps it. EINTR and short transfers: none. */
-static bool allowed(int cls, int rc)
+/* The codes a run may end with when this class is injected where it
+ * fired (sites): the fault itself, as the library maps it. EINTR and short
+ * transfers: none. */
+static bool allowed(int cls, int rc, uint64_t sites)
 {
     if (rc == 0)
         return true;
     switch (cls) {
-    case F_EAGAIN: /* fork and pthread_create say EAGAIN for "no process now" */
+    case F_EAGAIN: /* "no process or thread now" from fork, pthread_create or
+                      mmap; from a socket or a futex it means "wait", never
+                      an error */
+        if (!(sites & ((1u << S_FORK) | (1u << S_PTHREAD_CREATE) | (1u << S_MMAP))))
+            return false;
         return rc == -EAGAIN || rc == MP_ENOMEM;
     case F_ENOMEM:
         return rc == MP_ENOMEM || rc == -EAGAIN; /* fork may say either */
@@ -811,6 +817,7 @@ struct scenario {
 
 static int fds0, kids0;
 static size_t usage0, usage_start;
+static uint64_t pages0; /* slabs stay once made: compared between runs only */
 static const struct scenario *current;
 
 /* Children left beyond the kept pool's workers, once a freed handle's
@@ -843,6 +850,10 @@ static void settled(const char *what, long nth)
     size_t u = mp_shared_usage();
     if (!current->caches && u != usage0)
         T_FAIL("%s, fault at call %ld: arena usage %zu, %zu before", what, nth, u, usage0);
+    uint64_t pg = mp__arena_pages_used();
+    if (!current->caches && pg != pages0)
+        T_FAIL("%s, fault at call %ld: %llu arena pages taken, %llu before", what, nth,
+               (unsigned long long)pg, (unsigned long long)pages0);
 }
 
 static int sweep_one(const struct scenario *sc, int cls, bool persistent)
@@ -860,9 +871,10 @@ static int sweep_one(const struct scenario *sc, int cls, bool persistent)
         int rc = sc->run();
         long calls = disarm();
         long fired = atomic_load(&plan->fired);
-        sites |= atomic_load(&plan->sites);
+        uint64_t here = atomic_load(&plan->sites);
+        sites |= here;
         atomic_store(&plan->sites, 0);
-        if (!allowed(cls, rc))
+        if (!allowed(cls, rc, here))
             T_FAIL("%s, fault at call %ld (%ld fired): returned %s", what, nth, fired, mp_err_name(rc));
         failed += rc != 0;
         settled(what, nth);
@@ -905,6 +917,7 @@ static void sweep(const struct scenario *sc, int cls)
     ASSERT_EQ(extra_children(), 0);
     fds0 = t_count_fds();
     usage0 = mp_shared_usage();
+    pages0 = mp__arena_pages_used();
     int swept = sweep_one(sc, cls, false);
     if (swept == 0)
         T_FAIL("%s: no call of class %s was reached", sc->name, class_name[cls]);
