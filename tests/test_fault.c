@@ -923,11 +923,11 @@ static void sweep(const struct scenario *sc, int cls)
         T_FAIL("%s: no call of class %s was reached", sc->name, class_name[cls]);
     if (cls != F_EINTR && cls != F_SHORT && cls != F_EPIPE)
         sweep_one(sc, cls, true);
-    mp__sys = real;
     mp_pool_free(kept_pool);
     mp_queue_free(kept_q);
     kept_pool = NULL;
     kept_q = NULL;
+    mp__sys = real; /* once the pool's manager, which reads the table, has ended */
     ASSERT_EQ(mp_shared_usage(), usage_start);
 }
 

@@ -1067,10 +1067,12 @@ TEST(fork_failing_at_creation_leaves_nothing)
 TEST(a_replacement_that_cannot_be_forked_is_tried_again)
 {
     static int how = CRASH_KILL; /* before the pool: the workers see it */
-    mp_pool *p = new_pool(2, NULL);
-    atomic_store(&forks_to_pass, 0);
+    /* The table is set before the pool's manager thread exists and reset
+     * after it ended: no thread reads it while it changes. */
+    atomic_store(&forks_to_pass, 2);
     atomic_store(&forks_to_fail, 5);
     mp__sys.fork = failing_fork;
+    mp_pool *p = new_pool(2, NULL);
     int in[20], out[20], status[20];
     for (int i = 0; i < 20; i++)
         in[i] = i;
@@ -1104,9 +1106,9 @@ TEST(a_replacement_that_cannot_be_forked_is_tried_again)
         mp_async_free(a);
         gate_free(g);
     }
-    mp__sys_reset();
     ASSERT_LE(atomic_load(&forks_to_fail), 0);
     mp_pool_free(p);
+    mp__sys_reset();
 }
 
 TEST(imap_progress_ends_once_and_a_pending_interrupt_sets_no_index)

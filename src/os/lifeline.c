@@ -123,7 +123,7 @@ static void atfork_child(void)
     for (size_t i = 0; i < held.n; i++)
         mp__close(held.fd[i]);
     held.n = 0;
-    held.mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_unlock(&held.mu); /* taken in atfork_prepare; re-initialising it locked is UB */
 }
 
 /* Registered early, so that its prepare handler runs after those of the

@@ -160,7 +160,7 @@ bool mp__olock_try(mp__olock *l)
 
 /* Registration failed: an interruptible call reports it; the library's own
  * short sections (no waiter) retry, as the failure is a passing shortage. */
-static int unregistered(int64_t deadline, mp__waiter *w, uint64_t *me)
+static int unregistered(int64_t deadline, const mp__waiter *w, uint64_t *me)
 {
     while (!(*me = self())) {
         if (w)

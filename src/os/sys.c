@@ -38,7 +38,7 @@ static long sys_futex_waitv(void *waiters, unsigned n, const struct timespec *ts
     return syscall(SYS_futex_waitv, waiters, n, 0, ts, CLOCK_MONOTONIC);
 }
 
-static const struct mp__sys real = {
+struct mp__sys mp__sys = {
     .fork = fork,
     .waitid = sys_waitid,
     .pidfd_open = sys_pidfd_open,
@@ -68,7 +68,10 @@ static const struct mp__sys real = {
     .futex_waitv = sys_futex_waitv,
 };
 
-struct mp__sys mp__sys = real;
+/* The table as built, for mp__sys_reset. Copied before main: ISO C (and
+ * clang) takes no object as another's static initializer. */
+static struct mp__sys real;
+__attribute__((constructor(101))) static void sys_init(void) { real = mp__sys; }
 
 void (*mp__hook)(const char *where);
 
