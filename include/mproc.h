@@ -539,7 +539,11 @@ MP_API void mp_queue_free(mp_queue *q);
  * OOM killer) fails that item alone with MP_EWORKER, also inside a chunk:
  * the rest of its chunk runs elsewhere. A replacement is started (at a
  * bounded rate, so that items which all crash make no fork storm) and the
- * work goes on. A task that runs past task_timeout is killed with its worker
+ * work goes on. If no replacement can be started (no memory, descriptors
+ * or processes left: RLIMIT_NOFILE, RLIMIT_NPROC), the pool tries again
+ * every 20 ms, with the workers it has; with none left, the work waits (a
+ * timed wait returns MP_ETIMEDOUT) and goes on once a start succeeds. A task
+ * that runs past task_timeout is killed with its worker
  * (MP_ETIMEDOUT for that item). Workers ignore SIGINT (the terminal's
  * Ctrl-C goes to the parent, which decides) and die with the parent.
  *
