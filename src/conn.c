@@ -41,7 +41,10 @@
  * buffer becomes the stash itself) and the next receive goes on with it;
  * MP_EMSGSIZE against a stash's length leaves the stash. If the stash cannot
  * be allocated, the receive returns MP_ENOMEM and that message is lost: the
- * rest of it is read and dropped, so the stream stays in step. A header that
+ * rest of it is read and dropped, so the stream stays in step. recv_alloc's
+ * buffer holds the whole message at once only up to ALLOC_STEP; past that it
+ * grows as the payload comes, doubling, so a header that claims more than
+ * the peer sends (up to 2^62) costs at most twice what came. A header that
  * arrives in parts (a peer that is not one sender in step with us) is
  * consumed as it comes, since waiting for readability would spin.
  *
@@ -82,6 +85,7 @@
 #include <unistd.h>
 
 #define MAX_LEN ((uint64_t)1 << 62) /* the longest message */
+#define ALLOC_STEP ((uint64_t)1 << 20) /* recv_alloc's first buffer at most */
 #define ABORTED UINT64_MAX          /* the trailer a sender writes for a message cut short */
 #define CHUNK ((uint64_t)1 << 30)   /* at most this much payload per system call */
 #define ZEROS 64                    /* at most this many zero-filled iovecs per call */
@@ -107,6 +111,7 @@ struct mp_conn {
     uint64_t got;           /* R_BODY: bytes of payload and trailer taken */
     unsigned char trl[8];   /* R_BODY: the trailer's bytes taken */
     char *data;             /* R_BODY: the payload taken (malloc'd), or NULL */
+    uint64_t room;          /* R_BODY: bytes data has room for */
     uint32_t spin_ns;       /* under rlock: how long a receive yields before it sleeps */
 };
 
@@ -175,6 +180,7 @@ static bool yield_for_data(mp_conn *c, int64_t dl)
         if (n >= 0 || (errno != EAGAIN && errno != EINTR)) {
             uint64_t want = (uint64_t)(now - start) * 2;
             want = want < SPIN_MAX_NS ? want : SPIN_MAX_NS;
+            /* cppcheck-suppress knownConditionTrueFalse ; want can pass budget */
             c->spin_ns = want > budget ? (uint32_t)want : budget;
             return true;
         }
@@ -341,24 +347,29 @@ static void reset(mp_conn *c)
 }
 
 /* Reads the rest of the message in R_BODY: payload into dst (NULL: lost,
- * read and drop), trailer into c->trl. 0 once whole; MP_ECLOSED at EOF;
- * MP_ETIMEDOUT; MP_EINTR; -errno. */
-static int read_body(mp_conn *c, char *dst, int64_t dl, mp__waiter *w)
+ * read and drop), which has room for room bytes of it, trailer into c->trl.
+ * 0 once whole; 1 when dst is full first; MP_ECLOSED at EOF; MP_ETIMEDOUT;
+ * MP_EINTR; -errno. */
+static int read_body(mp_conn *c, char *dst, uint64_t room, int64_t dl, mp__waiter *w)
 {
     char scratch[4096];
     for (;;) {
         uint64_t len = c->len, got = c->got;
         if (got == len + 8)
             return 0;
+        if (dst && got < len && got == room)
+            return 1;
         struct iovec iov[2];
         int k = 0;
         bool all = true; /* the payload's iovec reaches its end */
         if (got < len) {
             uint64_t left = len - got, n = left < CHUNK ? left : CHUNK;
             if (dst) {
+                n = n < room - got ? n : room - got;
                 iov[k++] = (struct iovec){dst + got, n};
             } else {
                 n = left < sizeof scratch ? left : sizeof scratch;
+                /* cppcheck-suppress legacyUninitvar ; scratch is where recvmsg writes */
                 iov[k++] = (struct iovec){scratch, n};
             }
             all = n == left;
@@ -412,7 +423,8 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
                               mp__waiter *w)
 {
     for (;;) {
-        char *dst; /* where this call puts the payload; alloc: c->data too */
+        char *dst;     /* where this call puts the payload; alloc: c->data too */
+        uint64_t room; /* payload bytes dst has room for */
         int ph = atomic_load_explicit(&c->phase, memory_order_relaxed);
         if (ph == R_IDLE) {
             uint64_t len;
@@ -442,10 +454,12 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
             if (!out && len > cap)
                 return MP_EMSGSIZE;
             dst = ubuf;
-            if (out && !(dst = mp__sys.malloc(len ? len : 1)))
+            room = out && len > ALLOC_STEP ? ALLOC_STEP : len;
+            /* cppcheck-suppress redundantAssignment ; without out, dst stays ubuf */
+            if (out && !(dst = mp__sys.malloc(room ? room : 1)))
                 return MP_ENOMEM;
             uint64_t hdr, trl;
-            struct iovec iov[3] = {{&hdr, 8}, {dst, len}, {&trl, 8}};
+            struct iovec iov[3] = {{&hdr, 8}, {dst, room}, {&trl, room == len ? 8 : 0}};
             ssize_t m = mp__sys.recvmsg(c->fd, &(struct msghdr){.msg_iov = iov, .msg_iovlen = 3},
                                 MSG_DONTWAIT);
             if (m == (ssize_t)(len + 16)) { /* the common case: it was all there */
@@ -477,6 +491,7 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
                 memcpy(c->trl, &trl, c->got - len);
             c->lost = false;
             c->data = out ? dst : NULL;
+            c->room = room;
             set_phase(c, R_BODY);
         } else if (ph == R_HEAD) {
             int r = take_head(c, 8 - c->hdr_got);
@@ -491,6 +506,9 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
             continue;
         } else { /* R_BODY: go on with the stash */
             uint64_t have = c->got < c->len ? c->got : c->len;
+            room = c->len;
+            if (c->len > MAX_LEN)
+                return -EPROTO; /* a header in parts is checked here */
             if (c->lost) {
                 dst = NULL;
             } else if (!out) {
@@ -500,15 +518,24 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
                 if (have)
                     memcpy(dst, c->data, have);
             } else {
-                if (c->len > MAX_LEN)
-                    return -EPROTO;
-                if (!(dst = mp__sys.realloc(c->data, c->len ? c->len : 1)))
-                    return MP_ENOMEM;
-                c->data = dst;
+                /* twice what came (never less than before: have only grows) */
+                room = have < ALLOC_STEP / 2 ? ALLOC_STEP : have * 2;
+                room = room < c->len ? room : c->len;
+                if (c->data && room <= c->room) {
+                    room = c->room; /* it has room enough already */
+                } else {
+                    if (!(dst = mp__sys.realloc(c->data, room ? room : 1)))
+                        return MP_ENOMEM;
+                    c->data = dst;
+                    c->room = room;
+                }
+                dst = c->data;
             }
         }
 
-        int r = read_body(c, dst, dl, w);
+        int r = read_body(c, dst, room, dl, w);
+        if (r == 1)
+            continue; /* recv_alloc's buffer is full: grow it */
         if (r == 0) {
             bool whole = !c->lost && memcmp(c->trl, &(uint64_t){0}, 8) == 0;
             uint64_t len = c->len;
@@ -543,6 +570,7 @@ static ssize_t receive_locked(mp_conn *c, char *ubuf, size_t cap, char **out, in
             }
             memcpy(p, dst, have);
             c->data = p;
+            c->room = have;
         }
         return r;
     }
@@ -578,7 +606,7 @@ int mp_conn_recv_alloc(mp_conn *c, void **buf, size_t *len, double timeout)
 {
     if (!c || !buf || !len || isnan(timeout))
         return MP_EINVAL;
-    char *p;
+    char *p = NULL; /* set when r >= 0; NULL for clang --analyze, which cannot see that */
     ssize_t r = receive(c, NULL, 0, &p, timeout);
     if (r < 0)
         return (int)r;

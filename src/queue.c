@@ -101,6 +101,7 @@
 enum kind { WHOLE = 1, FIRST, MORE, LAST };
 #define HDR 8u     /* record header */
 #define PREFIX 16u /* stream records: u64 total or offset, u32 serial, u32 zero */
+#define STREAM_STEP ((uint64_t)1 << 20) /* get_alloc's first buffer for a stream, at least */
 
 struct rec {
     uint32_t len; /* payload bytes after the header (and the prefix) */
@@ -165,6 +166,13 @@ static inline uint64_t w_make(uint64_t off, uint32_t cnt, uint64_t closed)
     return (off & OFF_MASK) | closed | (uint64_t)(cnt & CNT_MASK) << CNT_SHIFT;
 }
 static inline uint64_t used(uint64_t tail, uint64_t head) { return (tail - head) & OFF_MASK; }
+/* Bytes free; none if the words say more is used than the ring holds (a
+ * peer wrote them wrong): then nothing fits, rather than past the ring. */
+static inline uint64_t room_left(const mp_queue *q, uint64_t tail, uint64_t head)
+{
+    uint64_t u = used(tail, head);
+    return u > q->cap ? 0 : q->cap - u;
+}
 
 /* The half of a word that holds the low bits of its offset: spinners watch it. */
 static inline _Atomic uint32_t *low_half(_Atomic uint64_t *w)
@@ -317,7 +325,7 @@ static bool has_room(mp_queue *q, void *arg)
         return true; /* the caller sees it */
     uint64_t g = atomic_load_explicit(&q->gword, memory_order_acquire);
     q->head_seen = w_off(g);
-    if (q->cap - used(w_off(p), w_off(g)) < rm->need)
+    if (room_left(q, w_off(p), w_off(g)) < rm->need)
         return false;
     return !rm->message || !q->maxsize || ((w_cnt(p) - w_cnt(g)) & CNT_MASK) < q->maxsize;
 }
@@ -328,7 +336,7 @@ static int await_room(mp_queue *q, uint64_t need, bool message, int64_t dl, mp__
     struct room rm = {need, message};
     uint64_t p = atomic_load_explicit(&q->pword, memory_order_relaxed);
     /* the fast path: the head we saw last leaves room */
-    if (!(p & CLOSED) && q->cap - used(w_off(p), q->head_seen) >= need &&
+    if (!(p & CLOSED) && room_left(q, w_off(p), q->head_seen) >= need &&
         (!message || !q->maxsize))
         return 0;
     struct waiting st = {0};
@@ -340,7 +348,7 @@ static int await_room(mp_queue *q, uint64_t need, bool message, int64_t dl, mp__
             return r;
     }
     wait_done(&st, &q->gspin);
-    return atomic_load(&q->pword) & CLOSED ? MP_ECLOSED : 0;
+    return (atomic_load(&q->pword) & CLOSED) ? MP_ECLOSED : 0;
 }
 
 /* With the put lock: publishes a record of size bytes written at tail.
@@ -367,7 +375,7 @@ static int put_whole(mp_queue *q, const void *msg, size_t len, int64_t dl, mp__w
         return r;
     uint64_t tail = w_off(atomic_load_explicit(&q->pword, memory_order_relaxed));
     struct rec h = {(uint32_t)len, WHOLE};
-    memcpy(q->ring + (tail & q->mask), &h, HDR);
+    ring_put(q, tail, &h, HDR); /* a tail a peer wrote may be unaligned */
     ring_put(q, tail + HDR, msg, len);
     return publish(q, size, true) ? 0 : MP_ECLOSED;
 }
@@ -411,12 +419,12 @@ static int put_stream(mp_queue *q, const char *msg, size_t len, int64_t dl, mp__
             return r;
         }
         uint64_t tail = w_off(atomic_load_explicit(&q->pword, memory_order_relaxed));
-        uint64_t room = q->cap - used(tail, q->head_seen) - HDR - PREFIX;
+        uint64_t room = room_left(q, tail, q->head_seen) - HDR - PREFIX;
         uint64_t n = left < room ? left : room & ~(uint64_t)7;
         uint32_t kind = first ? FIRST : at + n == len ? LAST : MORE;
         struct rec h = {(uint32_t)n, kind};
         uint64_t pre[2] = {first ? len : at, serial};
-        memcpy(q->ring + (tail & q->mask), &h, HDR);
+        ring_put(q, tail, &h, HDR); /* a tail a peer wrote may be unaligned */
         ring_put(q, tail + HDR, pre, PREFIX);
         ring_put(q, tail + HDR + PREFIX, msg + at, n);
         MP__HOOK("queue.stream.chunk");
@@ -492,9 +500,9 @@ static int peek(mp_queue *q, struct rec *h, uint64_t pre[2])
         if (head == q->tail_seen)
             return 0;
     }
-    memcpy(h, q->ring + (head & q->mask), HDR);
+    ring_get(q, head, h, HDR); /* a head a peer wrote may be unaligned */
     uint64_t avail = used(q->tail_seen, head);
-    if (h->kind < WHOLE || h->kind > LAST || rec_size(h->kind, h->len) > avail)
+    if (avail > q->cap || h->kind < WHOLE || h->kind > LAST || rec_size(h->kind, h->len) > avail)
         return -EBADMSG; /* not a record: the ring was overwritten */
     if (h->kind != WHOLE)
         ring_get(q, head + HDR, pre, PREFIX);
@@ -560,7 +568,8 @@ static ssize_t deliver_stash(mp_queue *q, struct stash *s, struct sink *k)
     if (k->alloc && !(k->buf = mp__sys.malloc(s->total ? s->total : 1)))
         return -ENOMEM;
     uint64_t total = s->total;
-    memcpy(k->buf, s->data, total);
+    if (total) /* k->buf may be NULL (cap 0): only a stash a peer wrote is empty */
+        memcpy(k->buf, s->data, total);
     MP__HOOK("queue.stash.delivering");
     take(q, 0, true);
     drop_stash(q, s);
@@ -605,7 +614,9 @@ static ssize_t resume_stash(mp_queue *q, struct stash *s, struct sink *k, int64_
         if (r == 0 || ((atomic_load(&q->pword) & CLOSED) && !peek(q, &h, pre)))
             break; /* given up */
     }
-    if (atomic_load(&s->got) < s->total ||
+    /* total 0: not a stream (a peer wrote it), and its delivery would read
+     * as "abandoned" */
+    if (atomic_load(&s->got) < s->total || s->total == 0 ||
         w_cnt(atomic_load_explicit(&q->gword, memory_order_relaxed)) != s->count_at) {
         drop_stash(q, s);
         return 0;
@@ -630,7 +641,7 @@ static int next_chunk(mp_queue *q, uint32_t serial, uint64_t got, uint64_t total
     if (r < 0)
         return r;
     return (h->kind == MORE || h->kind == LAST) && pre[1] == serial && pre[0] == got &&
-           got + h->len <= total;
+           (h->kind == LAST ? got + h->len == total : got + h->len <= total); /* LAST ends it */
 }
 
 /* Parks got bytes of stream `serial` for the next get (I5). false: no memory. */
@@ -655,16 +666,34 @@ static ssize_t get_stream(mp_queue *q, const struct rec *first, const uint64_t p
 {
     uint64_t total = pre[0];
     uint32_t serial = (uint32_t)pre[1];
-    if (first->len > total)
+    /* no put writes these: a stream is a message too long for one WHOLE
+     * record (so never empty: 0 would read as "abandoned"), serial 0 is "no
+     * stream" */
+    if (first->len > total || rec_size(WHOLE, total) <= q->cap || total > (uint64_t)1 << 62 ||
+        serial == 0)
         return -EBADMSG;
     if (!k->alloc && total > k->cap)
         return MP_EMSGSIZE;
-    char *dst = k->alloc ? mp__sys.malloc(total ? total : 1) : k->buf;
+    /* alloc: the buffer grows as the chunks come, doubling, never to a
+     * total the FIRST record merely claims */
+    uint64_t room = 2 * q->cap > STREAM_STEP ? 2 * q->cap : STREAM_STEP;
+    room = k->alloc && room < total ? room : total;
+    char *dst = k->alloc ? mp__sys.malloc(room ? room : 1) : k->buf;
     if (!dst)
         return -ENOMEM;
     uint64_t got = 0, p2[2];
     struct rec h = *first;
     for (;;) {
+        if (got + h.len > room) { /* alloc: next_chunk checked got + h.len <= total */
+            room = 2 * room > got + h.len ? 2 * room : got + h.len;
+            room = room < total ? room : total;
+            char *p = mp__sys.realloc(dst, room);
+            if (!p) { /* the message is lost: its rest is skipped (I4) */
+                free(dst);
+                return -ENOMEM;
+            }
+            dst = p;
+        }
         uint64_t head = w_off(atomic_load_explicit(&q->gword, memory_order_relaxed));
         ring_get(q, head + HDR + PREFIX, dst + got, h.len);
         got += h.len;
@@ -702,12 +731,14 @@ static int stream_fate(mp_queue *q, uint64_t head, uint32_t serial)
     for (;;) {
         has_data(q, NULL);
         uint64_t tail = q->tail_seen, at = head;
+        if (used(tail, head) > q->cap)
+            return 0; /* not records (peek says so too): no message to wait for */
         struct rec h;
         uint64_t pre[2];
-        memcpy(&h, q->ring + (at & q->mask), HDR);
+        ring_get(q, at, &h, HDR);
         at += rec_size(h.kind, h.len);
         while (at != tail) {
-            memcpy(&h, q->ring + (at & q->mask), HDR);
+            ring_get(q, at, &h, HDR);
             if (h.kind != MORE && h.kind != LAST)
                 return 0; /* something else follows it */
             if (rec_size(h.kind, h.len) > used(tail, at))
