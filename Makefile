@@ -7,6 +7,16 @@
 #   make bench      build, then run the benchmarks (mproc vs Python vs the floor)
 #   make install PREFIX=/usr/local
 #   make sanitize   the test suite built with AddressSanitizer + UBSan
+#   make tsan       thread-heavy cases under ThreadSanitizer (tests/check_tsan.sh)
+#   make memcheck   single-process cases under valgrind (tests/check_memcheck.sh)
+#   make lint       cppcheck + clang --analyze, no finding (tests/check_static.sh)
+#   make torture    kills, stops, limits and volume for ~10 minutes; one table,
+#                   also written to $(BUILD)/torture-report.md
+#   make torture-short  the same rows, smaller (1-2 minutes, CI)
+#   make fuzz       every libFuzzer target for 5 minutes (clang; fuzz/run.sh)
+#   make fuzz-short the same, 30 s a target (CI)
+#   make fault-plants  breaks one error path per fault class in a copy of
+#                   the tree and checks the fault-injection case catches it
 
 BUILD   ?= build
 PREFIX  ?= /usr/local
@@ -14,7 +24,7 @@ JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE   ?= cmake
 CTEST   ?= ctest
 
-.PHONY: all build test demo bench install sanitize clean
+.PHONY: all build test demo bench install sanitize tsan memcheck lint torture torture-short fuzz fuzz-short fault-plants clean
 
 all: build
 
@@ -43,5 +53,29 @@ sanitize:
 	$(CMAKE) --build $(BUILD)-sanitize -j $(JOBS)
 	cd $(BUILD)-sanitize && MPROC_TEST_TIMEOUT_MULT=4 $(CTEST) --output-on-failure -j $(JOBS)
 
+torture: build
+	$(BUILD)/tests/mproc_torture --report $(BUILD)/torture-report.md $(TORTURE_ARGS)
+
+torture-short: build
+	$(BUILD)/tests/mproc_torture --short --report $(BUILD)/torture-short-report.md $(TORTURE_ARGS)
+
+fuzz:
+	FUZZ_BUILD=$(BUILD)-fuzz sh fuzz/run.sh long
+
+fuzz-short:
+	FUZZ_BUILD=$(BUILD)-fuzz sh fuzz/run.sh short
+
+fault-plants:
+	python3 tests/fault_plants.py .
+
+tsan:
+	JOBS=$(JOBS) bash tests/check_tsan.sh $(BUILD)-tsan
+
+memcheck:
+	JOBS=$(JOBS) bash tests/check_memcheck.sh $(BUILD)-memcheck
+
+lint:
+	JOBS=$(JOBS) bash tests/check_static.sh
+
 clean:
-	rm -rf $(BUILD) $(BUILD)-sanitize
+	rm -rf $(BUILD) $(BUILD)-sanitize $(BUILD)-tsan $(BUILD)-memcheck
