@@ -1193,6 +1193,19 @@ static int qm_consumer(void *arg)
     }
 }
 
+/* Joins and frees 32 processes that must end with 0 within timeout s. */
+static void qm_join_all(mp_process **ps, const char *what, double timeout)
+{
+    for (int i = 0; i < 32; i++) {
+        int rc = mp_process_join(ps[i], timeout * t_scale());
+        CHECK(rc == 0 && mp_process_exitcode(ps[i]) == 0, "%s %d: join %s, exit %d", what, i,
+              mp_err_name(rc), mp_process_exitcode(ps[i]));
+        if (rc)
+            mp_process_kill(ps[i]), mp_process_join(ps[i], 10);
+        mp_process_free(ps[i]);
+    }
+}
+
 static void row_queue_64(unsigned seed)
 {
     (void)seed;
@@ -1205,23 +1218,9 @@ static void row_queue_64(unsigned seed)
         cons[i] = t_start(qm_consumer, NULL, NULL);
         prod[i] = t_start(qm_producer, (void *)(uintptr_t)i, NULL);
     }
-    for (int i = 0; i < 32; i++) {
-        int rc = mp_process_join(prod[i], 300 * t_scale());
-        CHECK(rc == 0 && mp_process_exitcode(prod[i]) == 0, "producer %d: join %s, exit %d", i,
-              mp_err_name(rc), mp_process_exitcode(prod[i]));
-        if (rc)
-            mp_process_kill(prod[i]), mp_process_join(prod[i], 10);
-        mp_process_free(prod[i]);
-    }
+    qm_join_all(prod, "producer", 300);
     ASSERT_OK(mp_queue_close(qm->q));
-    for (int i = 0; i < 32; i++) {
-        int rc = mp_process_join(cons[i], 120 * t_scale());
-        CHECK(rc == 0 && mp_process_exitcode(cons[i]) == 0, "consumer %d: join %s, exit %d", i,
-              mp_err_name(rc), mp_process_exitcode(cons[i]));
-        if (rc)
-            mp_process_kill(cons[i]), mp_process_join(cons[i], 10);
-        mp_process_free(cons[i]);
-    }
+    qm_join_all(cons, "consumer", 120);
     for (uint32_t i = 0; i < 32 * per; i++) {
         uint8_t v = atomic_load(&qm->seen[i]);
         R->lost += v == 0;
