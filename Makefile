@@ -10,8 +10,9 @@
 #   make tsan       thread-heavy cases under ThreadSanitizer (tests/check_tsan.sh)
 #   make memcheck   single-process cases under valgrind (tests/check_memcheck.sh)
 #   make lint       cppcheck + clang --analyze, no finding (tests/check_static.sh)
-#   make torture    kills, stops, limits and volume for ~10 minutes; one table,
-#                   also written to $(BUILD)/torture-report.md
+#   make torture    kills, stops, limits and volume for ~6 minutes; one table,
+#                   also written to $(BUILD)/torture-report.md; then every
+#                   fuzz target for 150 s (12-14 minutes in all)
 #   make torture-short  the same rows, smaller (1-2 minutes, CI)
 #   make fuzz       every libFuzzer target for 5 minutes (clang; fuzz/run.sh)
 #   make fuzz-short the same, 30 s a target (CI)
@@ -55,6 +56,7 @@ sanitize:
 
 torture: build
 	$(BUILD)/tests/mproc_torture --report $(BUILD)/torture-report.md $(TORTURE_ARGS)
+	FUZZ_BUILD=$(BUILD)-fuzz FUZZ_SECONDS=150 sh fuzz/run.sh long
 
 torture-short: build
 	$(BUILD)/tests/mproc_torture --short --report $(BUILD)/torture-short-report.md $(TORTURE_ARGS)
