@@ -715,6 +715,11 @@ __attribute__((noinline)) static void *large_alloc(size_t size)
 {
     if (!A.h || size > A.npages * PAGE)
         return NULL;
+    /* A process that cannot register with the owner lock (the kernel
+     * refused its byte-range lock) cannot take the allocator's: no memory
+     * for it, rather than a wait for a registration that may never come. */
+    if (!mp__olock_self())
+        return NULL;
     uint64_t n = (size + PAGE - 1) >> PAGE_SHIFT;
     lock();
     uint64_t s = take_pages(n);
@@ -751,6 +756,8 @@ __attribute__((noinline)) static void *small_alloc_slow(unsigned c)
 {
     if (!A.h)
         return NULL;
+    if (!mp__olock_self())
+        return NULL; /* unregistered (see large_alloc) */
     struct tcache *t = tcache_get();
     /* cppcheck-suppress uninitvar ; refill only writes out[], and got says how much */
     uintptr_t one, *out = t ? t->bin[c].blk : &one;

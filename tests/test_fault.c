@@ -980,3 +980,50 @@ TEST(epipe_pipe_with_a_child) { sweep(&pipe_child, F_EPIPE); }
 
 TEST(short_pipe) { sweep(&pipe_, F_SHORT); }
 TEST(short_pipe_with_a_child) { sweep(&pipe_child, F_SHORT); }
+
+/* ---- a process that cannot register with the owner lock ------------------
+ * Every lock of the library names its holder by an identity the kernel
+ * vouches for (a byte-range lock on the family's file, os/olock.c). A
+ * process whose lock the kernel refuses for good (ENOLCK) has none: each
+ * call that needs one must say MP_ENOMEM (or NULL), never wait for it. */
+static int refuse_setlk(int fd, int cmd, long arg)
+{
+    if (cmd == F_SETLK || cmd == F_SETLKW || cmd == F_OFD_SETLK || cmd == F_OFD_SETLKW) {
+        errno = ENOLCK;
+        return -1;
+    }
+    return real.fcntl(fd, cmd, arg);
+}
+
+static mp_lock *reg_lock;
+static mp_queue *reg_q;
+
+static int unregistered_child(void *arg)
+{
+    (void)arg;
+    real = mp__sys;
+    mp__sys.fcntl = refuse_setlk; /* this process's own table */
+    if (mp_shared_alloc(1 << 20) != NULL)
+        return 1;
+    if (mp_lock_acquire(reg_lock, 5) != MP_ENOMEM)
+        return 2;
+    if (mp_queue_put(reg_q, "x", 1, 5) != MP_ENOMEM)
+        return 3;
+    char c;
+    if (mp_queue_get(reg_q, &c, 1, 5) != MP_ENOMEM)
+        return 4;
+    return 0;
+}
+
+TEST(a_process_the_kernel_will_not_register_gets_enomem)
+{
+    ASSERT_OK(mp_lock_new(&reg_lock));
+    ASSERT_OK(mp_queue_new(&reg_q, NULL));
+    mp_process *p = t_start(unregistered_child, NULL, NULL);
+    t_join(p, 0);
+    ASSERT_OK(mp_lock_acquire(reg_lock, 5)); /* nothing held on its behalf */
+    ASSERT_OK(mp_lock_release(reg_lock));
+    ASSERT_OK(mp_queue_put(reg_q, "y", 1, 5));
+    mp_queue_free(reg_q);
+    mp_lock_free(reg_lock);
+}
