@@ -1501,9 +1501,9 @@ static int mproc_map_square_private(long n)
     return err ? err : map_square(b_pv_in, b_pv_out, n);
 }
 
-/* Its floor (for both rows): the team of 2 over the same items in its
- * MAP_SHARED arrays, SQ_CHUNK items a claim, one job per call. */
-static int floor_map_square(long n)
+/* The team of 2 squaring n items in its MAP_SHARED arrays, chunk items a
+ * claim, one job per call of up to SQ_ITEMS; results checked. */
+static int floor_team_square(long n, long chunk)
 {
     int err = sq_floor_init();
     if (!err)
@@ -1511,13 +1511,16 @@ static int floor_map_square(long n)
     for (long done = 0; done < n && !err;) {
         long k = n - done < SQ_ITEMS ? n - done : SQ_ITEMS, idx[NSAMPLES];
         square_mark(b_fl_out, k, idx);
-        err = team_run(&b_team2, 0, b_fl_in, b_fl_out, k, SQ_CHUNK, 0);
+        err = team_run(&b_team2, 0, b_fl_in, b_fl_out, k, chunk, 0);
         if (!err)
             err = square_check(b_fl_out, idx);
         done += k;
     }
     return err;
 }
+
+/* Its floor (for both rows): SQ_CHUNK items a claim. */
+static int floor_map_square(long n) { return floor_team_square(n, SQ_CHUNK); }
 
 /* pool_map_cpu_1ms(_oversub4x): mp_pool_map of cpu_task (about 1 ms of
  * CPU an item) over n items, up to CPU_ITEMS a call (a 30 ms batch on 2
@@ -1761,21 +1764,7 @@ static int mproc_apply_bulk(long n)
 /* Its floor: the same items through the team of 2, one item a claim (each
  * item dispatched on its own through the atomic index, as separate applies
  * would be), one job per call of up to SQ_ITEMS. */
-static int floor_apply_bulk(long n)
-{
-    int err = sq_floor_init();
-    if (!err)
-        err = team_start(&b_team2, 2);
-    for (long done = 0; done < n && !err;) {
-        long k = n - done < SQ_ITEMS ? n - done : SQ_ITEMS, idx[NSAMPLES];
-        square_mark(b_fl_out, k, idx);
-        err = team_run(&b_team2, 0, b_fl_in, b_fl_out, k, 1, 0);
-        if (!err)
-            err = square_check(b_fl_out, idx);
-        done += k;
-    }
-    return err;
-}
+static int floor_apply_bulk(long n) { return floor_team_square(n, 1); }
 
 /* pool_new_free_2: mp_pool_new with 2 workers, then mp_pool_free; each
  * worker's initializer counts itself in the arena, and the count must have

@@ -990,8 +990,10 @@ uint64_t mp__arena_pages_used(void)
         return 0;
     lock();
     uint64_t n = 0, top = LD(A.h->top);
-    for (uint64_t pg = 0; pg < top; pg++)
-        n += bit(A.used, pg);
+    for (uint64_t w = 0; w < (top + 63) / 64; w++) {
+        uint64_t m = top - w * 64 >= 64 ? ~0ull : (1ull << (top - w * 64)) - 1;
+        n += (uint64_t)__builtin_popcountll(LD(A.used[w]) & m);
+    }
     unlock();
     return n;
 }

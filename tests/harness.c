@@ -395,17 +395,19 @@ void t_await_state(pid_t tid, char state)
     }
 }
 
-int t_await_no_children(double timeout, pid_t *first)
+int t_await_children(int at_most, double timeout, pid_t *first)
 {
     double end = t_now() + timeout * t_scale();
-    pid_t kids[16];
+    pid_t kids[64];
     int n;
-    while ((n = t_children(kids, 16)) > 0 && t_now() < end)
+    while ((n = t_children(kids, 64)) > at_most && t_now() < end)
         usleep(10000);
     if (n > 0 && first)
         *first = kids[0];
     return n;
 }
+
+int t_await_no_children(double timeout, pid_t *first) { return t_await_children(0, timeout, first); }
 
 int t_count_fds_after_a_pool(void)
 {

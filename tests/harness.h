@@ -153,5 +153,8 @@ int t_children(pid_t *out, int cap);
  * (zombies included), polling; returns how many are left, the first in
  * *first (if any). For handles reaped in the background after a free. */
 int t_await_no_children(double timeout, pid_t *first);
+/* The same, until at most at_most children are left (those a case keeps,
+ * such as a pool's workers); returns how many there are. */
+int t_await_children(int at_most, double timeout, pid_t *first);
 
 #endif

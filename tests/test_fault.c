@@ -107,6 +107,38 @@ static int inject(enum site s, unsigned classes) { return inject_as(s, classes, 
         return (bad);                                                          \
     } while (0)
 
+/* A call that, when injected, fails with its class's errno (returning bad)
+ * and otherwise goes through: f_NAME(PARAMS) calls real.NAME(ARGS). classes:
+ * what the kernel could really tell it (its man page). */
+#define FAULTY(ret, name, site, classes, bad, params, args)                    \
+    static ret f_##name params                                                 \
+    {                                                                          \
+        int e = inject(site, classes);                                         \
+        if (e)                                                                 \
+            FAIL_WITH(e, bad);                                                 \
+        return real.name args;                                                 \
+    }
+
+FAULTY(int, waitid, S_WAITID, C(F_EINTR), -1, (idtype_t t, id_t id, siginfo_t *si, int o), (t, id, si, o))
+FAULTY(int, pidfd_open, S_PIDFD_OPEN, FD_MAKING | C(F_ENOMEM), -1, (pid_t pid, unsigned flags), (pid, flags))
+FAULTY(int, pipe2, S_PIPE2, FD_MAKING, -1, (int fds[2], int flags), (fds, flags))
+FAULTY(int, socketpair, S_SOCKETPAIR, FD_MAKING | C(F_ENOMEM), -1, (int d, int t, int p, int fds[2]), (d, t, p, fds))
+FAULTY(int, eventfd, S_EVENTFD, FD_MAKING | C(F_ENOMEM), -1, (unsigned v, int flags), (v, flags))
+FAULTY(int, open, S_OPEN, FD_MAKING | C(F_ENOMEM) | C(F_EINTR), -1, (const char *path, int flags, mode_t mode), (path, flags, mode))
+FAULTY(int, fstat, S_FSTAT, C(F_ENOMEM), -1, (int fd, struct stat *st), (fd, st))
+FAULTY(void *, malloc, S_MALLOC, C(F_ENOMEM), NULL, (size_t n), (n))
+FAULTY(void *, calloc, S_CALLOC, C(F_ENOMEM), NULL, (size_t n, size_t size), (n, size))
+FAULTY(void *, realloc, S_REALLOC, C(F_ENOMEM), NULL, (void *p, size_t n), (p, n))
+FAULTY(int, memfd_create, S_MEMFD, FD_MAKING | C(F_ENOMEM), -1, (const char *name, unsigned flags), (name, flags))
+FAULTY(int, ftruncate, S_FTRUNCATE, C(F_EINTR), -1, (int fd, off_t len), (fd, len))
+FAULTY(void *, mmap, S_MMAP, C(F_ENOMEM) | C(F_EAGAIN) | C(F_ENFILE), MAP_FAILED, (void *a, size_t len, int prot, int flags, int fd, off_t off), (a, len, prot, flags, fd, off))
+FAULTY(int, fallocate, S_FALLOCATE, C(F_EINTR) | C(F_ENOSPC) | C(F_ENOMEM), -1, (int fd, int mode, off_t off, off_t len), (fd, mode, off, len))
+FAULTY(ssize_t, read, S_READ, C(F_EINTR) | C(F_EAGAIN), -1, (int fd, void *buf, size_t n), (fd, buf, n))
+FAULTY(ssize_t, write, S_WRITE, C(F_EINTR) | C(F_EAGAIN) | C(F_ENOSPC) | C(F_EPIPE), -1, (int fd, const void *buf, size_t n), (fd, buf, n))
+FAULTY(long, futex_waitv, S_FUTEX_WAITV, C(F_EINTR) | C(F_EAGAIN), -1, (void *w, unsigned n, const struct timespec *ts), (w, n, ts))
+/* read and write meet eventfds and /sys files above: 8-byte counters and
+ * tiny files are never cut short, so no short transfer for them. */
+
 static pid_t f_fork(void)
 {
     int e = inject_as(S_FORK, C(F_EAGAIN) | C(F_ENOMEM), LASTING | C(F_EAGAIN)); /* RLIMIT_NPROC */
@@ -114,54 +146,12 @@ static pid_t f_fork(void)
         FAIL_WITH(e, -1);
     return real.fork();
 }
-static int f_waitid(idtype_t t, id_t id, siginfo_t *si, int o)
-{
-    int e = inject(S_WAITID, C(F_EINTR));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.waitid(t, id, si, o);
-}
-static int f_pidfd_open(pid_t pid, unsigned flags)
-{
-    int e = inject(S_PIDFD_OPEN, FD_MAKING | C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.pidfd_open(pid, flags);
-}
 static int f_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
 {
     int e = inject_as(S_PTHREAD_CREATE, C(F_EAGAIN), C(F_EAGAIN));
     if (e)
         return e; /* pthread_create's convention */
     return real.pthread_create(t, a, fn, arg);
-}
-static int f_pipe2(int fds[2], int flags)
-{
-    int e = inject(S_PIPE2, FD_MAKING);
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.pipe2(fds, flags);
-}
-static int f_socketpair(int d, int t, int p, int fds[2])
-{
-    int e = inject(S_SOCKETPAIR, FD_MAKING | C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.socketpair(d, t, p, fds);
-}
-static int f_eventfd(unsigned v, int flags)
-{
-    int e = inject(S_EVENTFD, FD_MAKING | C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.eventfd(v, flags);
-}
-static int f_open(const char *path, int flags, mode_t mode)
-{
-    int e = inject(S_OPEN, FD_MAKING | C(F_ENOMEM) | C(F_EINTR));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.open(path, flags, mode);
 }
 static int f_shm_open(const char *name, int flags, mode_t mode)
 {
@@ -181,78 +171,6 @@ static int f_fcntl(int fd, int cmd, long arg)
     if (e)
         FAIL_WITH(e, -1);
     return real.fcntl(fd, cmd, arg);
-}
-static int f_fstat(int fd, struct stat *st)
-{
-    int e = inject(S_FSTAT, C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.fstat(fd, st);
-}
-static void *f_malloc(size_t n)
-{
-    int e = inject(S_MALLOC, C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, NULL);
-    return real.malloc(n);
-}
-static void *f_calloc(size_t n, size_t size)
-{
-    int e = inject(S_CALLOC, C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, NULL);
-    return real.calloc(n, size);
-}
-static void *f_realloc(void *p, size_t n)
-{
-    int e = inject(S_REALLOC, C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, NULL);
-    return real.realloc(p, n);
-}
-static int f_memfd_create(const char *name, unsigned flags)
-{
-    int e = inject(S_MEMFD, FD_MAKING | C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.memfd_create(name, flags);
-}
-static int f_ftruncate(int fd, off_t len)
-{
-    int e = inject(S_FTRUNCATE, C(F_EINTR));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.ftruncate(fd, len);
-}
-static void *f_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off)
-{
-    int e = inject(S_MMAP, C(F_ENOMEM) | C(F_EAGAIN) | C(F_ENFILE));
-    if (e)
-        FAIL_WITH(e, MAP_FAILED);
-    return real.mmap(a, len, prot, flags, fd, off);
-}
-static int f_fallocate(int fd, int mode, off_t off, off_t len)
-{
-    int e = inject(S_FALLOCATE, C(F_EINTR) | C(F_ENOSPC) | C(F_ENOMEM));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.fallocate(fd, mode, off, len);
-}
-/* read and write meet eventfds and /sys files: 8-byte counters and tiny
- * files are never cut short, so no short transfer here. */
-static ssize_t f_read(int fd, void *buf, size_t n)
-{
-    int e = inject(S_READ, C(F_EINTR) | C(F_EAGAIN));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.read(fd, buf, n);
-}
-static ssize_t f_write(int fd, const void *buf, size_t n)
-{
-    int e = inject(S_WRITE, C(F_EINTR) | C(F_EAGAIN) | C(F_ENOSPC) | C(F_EPIPE));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.write(fd, buf, n);
 }
 
 /* A short transfer: the same call over the first half of its bytes (at
@@ -329,13 +247,6 @@ static long f_futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct t
     if (e)
         FAIL_WITH(e, -1);
     return real.futex(addr, op, val, ts, mask);
-}
-static long f_futex_waitv(void *w, unsigned n, const struct timespec *ts)
-{
-    int e = inject(S_FUTEX_WAITV, C(F_EINTR) | C(F_EAGAIN));
-    if (e)
-        FAIL_WITH(e, -1);
-    return real.futex_waitv(w, n, ts);
 }
 
 static void injector_install(void)
@@ -822,15 +733,7 @@ static const struct scenario *current;
 
 /* Children left beyond the kept pool's workers, once a freed handle's
  * background reaping has had its time. */
-static int extra_children(void)
-{
-    pid_t kids[64];
-    int n;
-    double end = t_now() + 10 * t_scale();
-    while ((n = t_children(kids, 64)) > kids0 && t_now() < end)
-        usleep(2000);
-    return n - kids0;
-}
+static int extra_children(void) { return t_await_children(kids0, 10, NULL) - kids0; }
 
 static void settled(const char *what, long nth)
 {
